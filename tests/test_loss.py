@@ -1,0 +1,226 @@
+"""grpo.loss against values worked by hand (arithmetic in the comments), in float64."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from grpo.loss import GRPOLoss, LossOutput, grpo_loss, k3_kl, loss_normalizer
+
+F64 = torch.float64
+LOSS_TYPES = ["grpo", "token_mean", "dr_grpo"]
+
+
+def t(values):
+    return torch.tensor(values, dtype=F64)
+
+
+def test_clipping_each_side_for_each_sign_of_advantage():
+    # Four one-token completions, old log-prob 0, so r = exp(logprob).
+    # lp = +0.5: r = e^0.5 = 1.648721; A=+1 -> min(1.6487, 1.2) = 1.2 (clipped, no gradient)
+    #                                    A=-1 -> min(-1.6487, -1.2) = -1.6487 (unclipped)
+    # lp = -0.5: r = e^-0.5 = 0.606531; A=+1 -> min(0.6065, 0.8) = 0.6065 (unclipped)
+    #                                    A=-1 -> min(-0.6065, -0.8) = -0.8 (clipped, no gradient)
+    lp = t([[0.5], [0.5], [-0.5], [-0.5]]).requires_grad_()
+    adv = t([1.0, -1.0, 1.0, -1.0])
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    out = grpo_loss(lp, torch.zeros_like(lp), None, adv, mask, beta=0.0)
+    r_hi, r_lo = math.exp(0.5), math.exp(-0.5)
+    # grpo: per-sequence mean (one token each), then mean over the 4 sequences, negated.
+    assert_close(out.loss, t(-(1.2 - r_hi + r_lo - 0.8) / 4))
+    out.loss.backward()
+    # d(-o/4)/d lp = -A*r/4 where unclipped, 0 where clipped.
+    assert_close(lp.grad, t([[0.0], [r_hi / 4], [-r_lo / 4], [0.0]]))
+    assert_close(out.metrics["clip_ratio"], t(0.5))
+
+
+def test_asymmetric_clipping_uses_eps_low_below_and_eps_high_above():
+    # eps_low = 0.1, eps_high = 0.3: the band is [0.9, 1.3].
+    # lp = +0.2, A=+1: r = e^0.2 = 1.221403 < 1.3, not clipped (it would be with eps_high = 0.1)
+    # lp = -0.2, A=-1: r = e^-0.2 = 0.818731 < 0.9, clipped: min(-0.8187, -0.9) = -0.9
+    lp = t([[0.2], [-0.2]]).requires_grad_()
+    out = grpo_loss(lp, torch.zeros_like(lp), None, t([1.0, -1.0]), torch.ones(2, 1),
+                    eps_low=0.1, eps_high=0.3, beta=0.0, loss_type="token_mean")
+    assert_close(out.loss, t(-(math.exp(0.2) - 0.9) / 2))
+    out.loss.backward()
+    assert_close(lp.grad, t([[-math.exp(0.2) / 2], [0.0]]))
+    assert_close(out.metrics["clip_ratio"], t(0.5))
+    # GRPOLoss with eps_high=None is symmetric: now the first one is clipped at 1.1 too.
+    sym = GRPOLoss(eps_low=0.1, eps_high=None, beta=0.0, loss_type="token_mean")
+    assert_close(sym(lp.detach(), torch.zeros(2, 1, dtype=F64), None, t([1.0, -1.0]),
+                     torch.ones(2, 1)).metrics["clip_ratio"], t(1.0))
+
+
+def test_k3_is_nonnegative_and_zero_at_equality():
+    lp = t([-1.0, -2.0, -0.5, -3.0])
+    ref = t([-1.0, -1.0, -0.7, -0.1])
+    kl = k3_kl(lp, ref)
+    # ref - lp = [0, 1, -0.2, 2.9]: k3 = e^d - d - 1
+    assert_close(kl, t([0.0, math.e - 2, math.exp(-0.2) - 0.8, math.exp(2.9) - 3.9]))
+    assert (k3_kl(torch.randn(1000, dtype=F64), torch.randn(1000, dtype=F64)) >= 0).all()
+
+
+def _two_sequence_batch():
+    # Sequence 0 has 3 tokens, sequence 1 has 1 (two padding slots full of garbage).
+    # On-policy (old = None) so r = 1 and the surrogate is exactly A.
+    lp = t([[-1.0, -2.0, -0.5], [-1.0, 123.0, float("inf")]])
+    ref = t([[-1.0, -1.0, -0.5], [-2.0, float("nan"), -7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    adv = t([1.0, -2.0])
+    return lp, ref, adv, mask
+
+
+# k3 per token (d = ref - lp): seq 0: d = [0, 1, 0] -> [0, e - 2, 0]; seq 1: d = -1 -> e^-1.
+# Per-token loss l = -(A - 0.1 * k3):
+#   seq 0: [-1, -1 + 0.1(e - 2), -1], sum S0 = -3 + 0.1(e - 2)
+#   seq 1: [2 + 0.1 e^-1],            sum S1 = 2 + 0.1 e^-1
+S0 = -3 + 0.1 * (math.e - 2)
+S1 = 2 + 0.1 * math.exp(-1)
+HAND = {
+    "grpo": (S0 / 3 + S1 / 1) / 2,  # each sequence's own mean, then over the 2 sequences
+    "token_mean": (S0 + S1) / 4,  # 4 real tokens
+    "dr_grpo": (S0 + S1) / (2 * 3),  # N * T with max_completion_length=None -> T = 3
+}
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_each_loss_type_by_hand_with_different_lengths(loss_type):
+    lp, ref, adv, mask = _two_sequence_batch()
+    out = grpo_loss(lp, None, ref, adv, mask, beta=0.1, loss_type=loss_type)
+    assert isinstance(out, LossOutput)
+    loss, metrics = out  # a NamedTuple unpacks
+    assert loss.dtype == F64
+    assert_close(loss, t(HAND[loss_type]))
+    assert_close(metrics["kl"], t((math.e - 2 + math.exp(-1)) / 4))
+    assert_close(metrics["clip_ratio"], t(0.0))
+
+
+def test_dr_grpo_divides_by_the_configured_max_length():
+    lp, ref, adv, mask = _two_sequence_batch()
+    out = grpo_loss(lp, None, ref, adv, mask, beta=0.1, loss_type="dr_grpo",
+                    max_completion_length=8)
+    assert_close(out.loss, t((S0 + S1) / (2 * 8)))
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_garbage_in_padding_gives_finite_zero_gradient(loss_type):
+    lp, ref, adv, mask = _two_sequence_batch()
+    lp.requires_grad_()
+    grpo_loss(lp, lp.detach() + 0.1, ref, adv, mask, beta=0.1, loss_type=loss_type).loss.backward()
+    assert torch.isfinite(lp.grad).all()
+    assert (lp.grad[~mask.bool()] == 0).all()
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "token_mean"])
+def test_fully_masked_completion_contributes_nothing(loss_type):
+    lp, ref, adv, mask = _two_sequence_batch()
+    extra = lambda x, fill: torch.cat([x, torch.full_like(x[:1], fill)])  # noqa: E731
+    out = grpo_loss(extra(lp, float("nan")), None, extra(ref, 5.0), torch.cat([adv, t([9.0])]),
+                    extra(mask, 0), beta=0.1, loss_type=loss_type)
+    assert_close(out.loss, t(HAND[loss_type]))  # same divisor: the empty row is not counted
+
+
+def test_on_policy_without_kl_is_reinforce():
+    # With r = 1 and beta = 0, d loss / d lp_it = -A_i / |o_i| / N for "grpo" (N = G here).
+    torch.manual_seed(0)
+    lp = torch.randn(4, 5, dtype=F64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]])
+    adv = t([0.5, -1.0, 2.0, -1.5])
+    grpo_loss(lp, None, None, adv, mask, beta=0.0).loss.backward()
+    lengths = mask.sum(1, keepdim=True).to(F64)
+    assert_close(lp.grad, -adv[:, None] / lengths / 4 * mask)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_zero_advantages_give_zero_policy_gradient(loss_type):
+    lp = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    old = lp.detach() + 0.3 * torch.randn(3, 4, dtype=F64)
+    grpo_loss(lp, old, None, torch.zeros(3, dtype=F64), torch.ones(3, 4), beta=0.0,
+              loss_type=loss_type).loss.backward()
+    assert_close(lp.grad, torch.zeros_like(lp))
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_gradcheck(loss_type):
+    torch.manual_seed(1)
+    lp = (torch.randn(3, 4, dtype=F64) * 0.1).requires_grad_()
+    old = lp.detach() + 0.05 * torch.randn(3, 4, dtype=F64)  # ratios near 1: away from the kinks
+    ref = lp.detach() + torch.randn(3, 4, dtype=F64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    adv = t([1.0, -0.5, 0.25])
+    fn = lambda x: grpo_loss(x, old, ref, adv, mask, loss_type=loss_type).loss  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (lp,))
+
+
+def _split_batch(loss_type, ranks, micro_batches, max_len):
+    """Gradient of a shared parameter when the step is split over ranks x micro-batches.
+
+    Ranks average their gradients (DDP / DeepSpeed), so each rank divides by normalizer / ranks;
+    micro-batches on one rank accumulate (sum) their gradients.
+    """
+    torch.manual_seed(2)
+    n, t_len, d = 12, 6, 3
+    feats = torch.randn(n, t_len, d, dtype=F64)
+    base = torch.randn(n, t_len, dtype=F64) - 2
+    old = base + 0.3 * torch.randn(n, t_len, dtype=F64)
+    ref = base + 0.3 * torch.randn(n, t_len, dtype=F64)
+    lengths = torch.tensor([6, 1, 3, 0, 5, 2, 6, 4, 1, 0, 3, 2])
+    mask = torch.arange(t_len)[None] < lengths[:, None]
+    adv = torch.randn(n, dtype=F64)
+    w = torch.zeros(d, dtype=F64, requires_grad=True)
+    loss_fn = GRPOLoss(eps_low=0.2, eps_high=0.28, beta=0.05, loss_type=loss_type,
+                       max_completion_length=max_len)
+    normalizer = loss_fn.normalizer(mask)  # whole step; a real run all-reduces this over ranks
+    rank_grads = []
+    for rank_rows in torch.arange(n).chunk(ranks):
+        grad = torch.zeros(d, dtype=F64)
+        for rows in rank_rows.chunk(micro_batches):
+            lp = base[rows] + feats[rows] @ w
+            loss = loss_fn(lp, old[rows], ref[rows], adv[rows], mask[rows],
+                           normalizer=normalizer / ranks).loss
+            grad += torch.autograd.grad(loss, w)[0]
+        rank_grads.append(grad)
+    return torch.stack(rank_grads).mean(0)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("ranks,micro_batches", [(1, 2), (1, 3), (1, 6), (2, 1), (2, 3), (3, 2)])
+def test_gradient_does_not_depend_on_micro_batches_or_ranks(loss_type, ranks, micro_batches):
+    max_len = 8 if loss_type == "dr_grpo" else None
+    full = _split_batch(loss_type, 1, 1, max_len)
+    assert full.abs().sum() > 0
+    assert_close(_split_batch(loss_type, ranks, micro_batches, max_len), full)
+
+
+def test_loss_normalizer_counts():
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    assert loss_normalizer(mask, "grpo") == 2  # sequences with at least one token
+    assert loss_normalizer(mask, "token_mean") == 3  # tokens
+    assert loss_normalizer(mask, "dr_grpo") == 9  # N * T
+    assert loss_normalizer(mask, "dr_grpo", max_completion_length=10) == 30
+
+
+def test_dtype_in_is_dtype_out():
+    for dtype in (torch.float32, torch.float64):
+        lp = torch.randn(2, 3, dtype=dtype)
+        out = grpo_loss(lp, None, lp - 0.1, torch.ones(2, dtype=dtype), torch.ones(2, 3))
+        assert out.loss.dtype == dtype and out.metrics["kl"].dtype == dtype
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(old_logprobs=torch.zeros(2, 4)), "old_logprobs"),
+    (dict(completion_mask=torch.ones(3, 3)), "completion_mask"),
+    (dict(advantages=torch.zeros(3)), "advantages"),
+    (dict(ref_logprobs=None), "ref_logprobs"),
+    (dict(loss_type="ppo"), "loss_type"),
+    (dict(eps_low=0.0), "eps_low"),
+    (dict(eps_high=1.5), "eps_high"),
+    (dict(beta=-1.0), "beta"),
+])
+def test_bad_input_names_the_argument(kwargs, match):
+    args = dict(logprobs=torch.zeros(2, 3), old_logprobs=None, ref_logprobs=torch.zeros(2, 3),
+                advantages=torch.zeros(2), completion_mask=torch.ones(2, 3), beta=0.04)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        grpo_loss(**args)

@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--variant", choices=["naive", "chunked"])
-    p.add_argument("--grad", type=int, default=0)
+    p.add_argument("--grad", type=lambda s: bool(int(s)), default=False)
     args = p.parse_args()
     if args.variant:
         return child(args)

@@ -1,0 +1,112 @@
+"""Builds the trainer's parts from a GRPOConfig. Each function takes only the fields it needs.
+
+Kept apart from the trainer so that a custom loop can build the same parts with the same
+defaults, and so that trainer.py holds the algorithm and not the plumbing.
+"""
+
+from __future__ import annotations
+
+from grpo.config import GRPOConfig
+
+REWARDS = ("format", "countdown", "choice", "math")
+
+
+def model_path(config: GRPOConfig) -> str:
+    from grpo.models import resolve_model
+
+    return resolve_model(config.model)
+
+
+def tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def datasets(config: GRPOConfig, tok):
+    """(train, test, prefill): datasets with a rendered "prompt" column, and the template's
+    assistant prefill, which the rewards see in front of every completion."""
+    from grpo import data
+
+    if config.dataset == "countdown":
+        splits = data.countdown_splits(
+            config.num_train, config.num_test, seed=config.seed,
+            num_numbers=tuple(config.countdown_num_numbers),
+            number_range=tuple(config.countdown_number_range),
+            target_range=tuple(config.countdown_target_range))
+        train, test = splits["train"], splits["test"]
+    else:
+        train = data.load_prompt_dataset(config.dataset, split="train",
+                                         column_map=config.dataset_column_map or None)
+        split = train.train_test_split(test_size=min(config.num_test, len(train) // 10 or 1),
+                                       seed=config.seed)
+        train, test = split["train"], split["test"]
+    train, dropped = data.build_prompts(train, tok, template=config.template,
+                                        max_prompt_length=config.max_prompt_length)
+    test, dropped_test = data.build_prompts(test, tok, template=config.template,
+                                            max_prompt_length=config.max_prompt_length)
+    if dropped or dropped_test:
+        print(f"dropped {dropped} train and {dropped_test} test prompts longer than "
+              f"max_prompt_length={config.max_prompt_length} tokens")
+    if len(train) == 0:
+        raise ValueError(f"no training prompt fits max_prompt_length={config.max_prompt_length}")
+    return train, test, data.TEMPLATES[config.template].prefill
+
+
+def reward_set(config: GRPOConfig):
+    from grpo import rewards
+
+    funcs = {"format": rewards.format_reward, "countdown": rewards.countdown_reward,
+             "choice": rewards.choice_reward, "math": rewards.math_reward}
+    unknown = [name for name in config.rewards if name not in funcs]
+    if unknown:
+        raise ValueError(f"unknown rewards {unknown}; known: {sorted(funcs)}")
+    return rewards.RewardSet([funcs[name] for name in config.rewards], config.reward_weights)
+
+
+def check_columns(reward_set, dataset) -> None:
+    """Fail before the first step when the data lacks a column a reward needs."""
+    needed = getattr(reward_set, "required_columns", {}) or {}
+    if isinstance(needed, dict):
+        pairs = needed.items()
+    else:
+        pairs = ((column, "a reward") for column in needed)
+    for column, who in pairs:
+        if column not in dataset.column_names:
+            raise ValueError(f"dataset has no column {column!r}, which {who} needs; "
+                             f"columns: {dataset.column_names}")
+
+
+def engine(config: GRPOConfig, path: str):
+    from grpo import engine as engines
+
+    kwargs = dict(
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm, lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=round(config.warmup_ratio * config.max_steps), max_steps=config.max_steps,
+        micro_batch_size=config.per_device_train_batch_size,
+        num_iterations=config.num_iterations, eps_low=config.eps_low, eps_high=config.eps_high,
+        beta=config.beta, loss_type=config.loss_type,
+        max_completion_length=config.max_completion_length, temperature=config.temperature,
+        gradient_checkpointing=config.gradient_checkpointing, bf16=config.bf16)
+    if config.engine == "torch":
+        return engines.TorchEngine(path, **kwargs)
+    return engines.DeepSpeedEngine(
+        path, **kwargs, zero_stage=config.zero_stage, offload_optimizer=config.offload_optimizer,
+        offload_param=config.offload_param, nvme_path=config.nvme_path,
+        ds_config=config.deepspeed_config)
+
+
+def sampler(config: GRPOConfig, path: str):
+    from grpo import sampler as samplers
+
+    common = dict(group_size=config.num_generations, max_tokens=config.max_completion_length,
+                  temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+    if config.sampler == "hf":
+        return samplers.HFSampler(path, **common)
+    return samplers.VLLMSampler(
+        path, **common, dtype="bfloat16" if config.bf16 else "auto",
+        kv_cache_memory_gb=config.vllm_kv_cache_gb, enforce_eager=config.vllm_enforce_eager,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        enable_sleep_mode=config.vllm_enable_sleep_mode,
+        max_model_len=config.max_prompt_length + config.max_completion_length)

@@ -1,0 +1,217 @@
+"""GRPOTrainer: DESIGN.md's five calls in a loop, with evaluation, logging and checkpoints around.
+
+    for step in range(start, max_steps):
+        rollouts   = sampler.sample(prompts, seed=seed + step)
+        rewards    = reward_set(prefill + completions, **columns)
+        advantages = group_advantages(rewards.total, G)
+        metrics    = engine.train_step(rollouts, advantages)
+        sampler.load_weights(engine.named_weights())
+
+Everything the loop needs is derived from (config, step): the prompts of step s are a fixed slice
+of a seeded permutation per epoch, and the sampler is seeded with seed + s. So a checkpoint needs
+only the weights, the optimizer and scheduler states (the engine's), the RNG states and the step,
+and a resumed run repeats exactly what an uninterrupted one would have done (on this CPU; on GPUs,
+vLLM's batched kernels and atomics are not bit-reproducible, so a resumed run matches in
+distribution, not bit for bit).
+
+With several ranks (DeepSpeed), each rank samples and trains on its own share of the step's
+prompts; only rank 0 logs, evaluates and writes checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from grpo import checkpoint as ckpt
+from grpo.advantages import group_advantages, zero_variance_groups
+from grpo.config import GRPOConfig
+from grpo.tracking import NullTracker, Timer, Tracker
+
+
+class GRPOTrainer:
+    def __init__(self, config: GRPOConfig, *, train_dataset=None, eval_dataset=None,
+                 reward_set=None, sampler=None, engine=None, prefill: str | None = None):
+        """Any piece left None is built from the config; pass your own to customise it."""
+        from grpo import components
+
+        self.config = c = config
+        if c.resume_from_checkpoint:  # fail before loading anything
+            self.resume_dir = ckpt.resolve_checkpoint(c.resume_from_checkpoint, c.output_dir)
+        else:
+            self.resume_dir = None
+        self.model_path = components.model_path(c)
+        self.tokenizer = components.tokenizer(self.model_path)
+        if train_dataset is None:
+            train_dataset, eval_dataset, prefill = components.datasets(c, self.tokenizer)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.prefill = prefill or ""
+        self.reward_set = reward_set or components.reward_set(c)
+        components.check_columns(self.reward_set, train_dataset)
+        self.engine = engine or components.engine(c, self.model_path)
+        self.rank, self.world_size = getattr(self.engine, "rank", 0), getattr(
+            self.engine, "world_size", 1)
+        self.sampler = sampler or components.sampler(c, self.model_path)
+        self.tracker = NullTracker()
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> list[dict]:
+        c, G = self.config, self.config.num_generations
+        start = self._resume() if self.resume_dir else 0
+        if self.rank == 0:
+            self.tracker = Tracker(c.output_dir, c.report_to == "tensorboard", resume_step=start)
+            c.save(Path(c.output_dir) / "grpo_config.json")
+        history = []
+        if c.eval_steps and start == 0:
+            self._evaluate(0)
+        progress = _progress(start, c.max_steps, self.rank == 0)
+        for step in range(start, c.max_steps):
+            rows = self._prompt_rows(step)
+            timer = Timer()
+            with timer("time/sample"):
+                rollouts = self.sampler.sample(rows["prompt"], seed=c.seed + step)
+            with timer("time/reward"):
+                rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
+                                          **_repeat(rows, G, exclude=("prompt",)))
+            advantages = group_advantages(rewards.total, G, scale=c.scale_rewards)
+            if c.mask_truncated_completions:
+                rollouts.completion_mask[rollouts.truncated] = 0
+            with timer("time/train"):
+                train_metrics = self.engine.train_step(rollouts, advantages)
+            with timer("time/sync"):
+                self.sampler.load_weights(self.engine.named_weights())
+
+            metrics = self._step_metrics(rollouts, rewards, advantages, train_metrics, timer)
+            history.append({"step": step + 1, **metrics})
+            self._after_step(step + 1, metrics, rollouts, rewards, advantages, progress)
+        progress.close()
+        if c.eval_steps and c.max_steps % c.eval_steps:
+            self._evaluate(c.max_steps)
+        if start < c.max_steps and (not c.save_steps or c.max_steps % c.save_steps):
+            self.save(c.max_steps)
+        self.tracker.close()
+        return history
+
+    # ---------------------------------------------------------------- around the loop
+    def _after_step(self, step, metrics, rollouts, rewards, advantages, progress) -> None:
+        c = self.config
+        if step % c.logging_steps == 0:
+            self.tracker.log(step, metrics)
+        if c.log_completions_steps and step % c.log_completions_steps == 0:
+            self.tracker.log_completions(step, _completion_rows(rollouts, rewards, advantages))
+        progress.update(1)
+        progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}")
+        if c.eval_steps and step % c.eval_steps == 0:
+            self._evaluate(step)
+        if c.save_steps and step % c.save_steps == 0:
+            self.save(step)
+
+    def _prompt_rows(self, step: int) -> dict[str, list]:
+        """This rank's prompts for `step`: a fixed slice of a seeded permutation per epoch."""
+        c, n = self.config, len(self.train_dataset)
+        per_step = c.prompts_per_step * self.world_size
+        first = step * per_step + self.rank * c.prompts_per_step
+        indices = []
+        for position in range(first, first + c.prompts_per_step):
+            epoch, offset = divmod(position, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(c.seed + epoch))
+            indices.append(int(order[offset]))
+        return self.train_dataset[indices]
+
+    def _step_metrics(self, rollouts, rewards, advantages, train_metrics, timer) -> dict:
+        lengths = rollouts.completion_lengths.float()
+        seconds = sum(timer.seconds.values())
+        metrics = {
+            "reward": rewards.total.mean().item(),
+            "reward_std": rewards.total.std().item() if len(rewards.total) > 1 else 0.0,
+            **{f"reward/{k}": v.float().mean().item() for k, v in rewards.per_function.items()},
+            "advantage/abs_mean": advantages.abs().mean().item(),
+            "advantage/max": advantages.max().item(),
+            "advantage/min": advantages.min().item(),
+            "zero_variance_groups": zero_variance_groups(
+                rewards.total, rollouts.group_size).float().mean().item(),
+            "completion_length/mean": lengths.mean().item(),
+            "completion_length/max": lengths.max().item(),
+            "truncated_ratio": rollouts.truncated.float().mean().item(),
+            **{k: float(v) for k, v in train_metrics.items()},
+            **timer.seconds,
+            "tokens_per_second": lengths.sum().item() / max(seconds, 1e-9),
+        }
+        return _mean_over_ranks(metrics, self.world_size)
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        """Greedy decoding on the held-out split; the mean of each reward."""
+        if self.eval_dataset is None or self.rank != 0:
+            return {}
+        rows = self.eval_dataset[:]
+        rollouts = self.sampler.sample(rows["prompt"], group_size=1, temperature=0.0,
+                                       seed=self.config.seed)
+        rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
+                                  **_repeat(rows, 1, exclude=("prompt",)))
+        metrics = {f"eval/{k}": v.float().mean().item() for k, v in rewards.per_function.items()}
+        metrics["eval/reward"] = rewards.total.mean().item()
+        metrics["eval/completion_length"] = rollouts.completion_lengths.float().mean().item()
+        self.tracker.log(step, metrics)
+        return metrics
+
+    def save(self, step: int) -> Path:
+        c = self.config
+        state = {"step": step, "config": c.to_dict()}
+
+        def write(directory: Path):
+            self.engine.save(str(directory))
+            torch.save(ckpt.rng_state(), directory / f"rng_state_rank{self.rank}.pt")
+
+        return ckpt.save_atomically(c.output_dir, step, write, state, keep=c.save_total_limit,
+                                    is_main=self.rank == 0, barrier=_barrier)
+
+    def _resume(self) -> int:
+        import json
+
+        state = json.loads((self.resume_dir / ckpt.STATE_FILE).read_text())
+        self.engine.load(str(self.resume_dir))
+        ckpt.set_rng_state(torch.load(self.resume_dir / f"rng_state_rank{self.rank}.pt",
+                                      weights_only=False))
+        self.sampler.load_weights(self.engine.named_weights())
+        return int(state["step"])
+
+
+def _repeat(rows: dict[str, list], times: int, exclude=()) -> dict[str, list]:
+    """Dataset columns repeated per completion (G consecutive completions share a prompt)."""
+    return {k: [v for v in values for _ in range(times)]
+            for k, values in rows.items() if k not in exclude}
+
+
+def _completion_rows(rollouts, rewards, advantages) -> list[dict]:
+    return [{"prompt": rollouts.prompts[i], "completion": rollouts.texts[i],
+             "reward": rewards.total[i].item(),
+             "rewards": {k: float(v[i]) for k, v in rewards.per_function.items()},
+             "advantage": advantages[i].item(), "truncated": bool(rollouts.truncated[i])}
+            for i in range(len(rollouts))]
+
+
+def _mean_over_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:
+    if world_size == 1:
+        return metrics
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return {k: v / world_size for k, v in zip(keys, values.tolist())}
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _progress(start: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(initial=start, total=total, disable=not enabled, desc="grpo", dynamic_ncols=True,
+                postfix={"reward": math.nan})

@@ -1,0 +1,17 @@
+"""Reward functions: strings and dataset columns in, one float per completion out.
+
+Each reward takes the whole assistant message (the prompt's prefill plus the generated text) as
+`completions` and the dataset columns it names as keywords; `RewardSet` matches columns to
+signatures, weights and sums the rewards and never lets a NaN through.
+"""
+
+from grpo.rewards.choice import choice_reward
+from grpo.rewards.countdown import ExpressionError, countdown_reward, evaluate_expression
+from grpo.rewards.math_answer import math_reward
+from grpo.rewards.reward_set import RewardError, RewardOutput, RewardSet
+from grpo.rewards.tags import extract_answer, format_reward
+
+__all__ = [
+    "ExpressionError", "RewardError", "RewardOutput", "RewardSet", "choice_reward",
+    "countdown_reward", "evaluate_expression", "extract_answer", "format_reward", "math_reward",
+]

@@ -1,0 +1,71 @@
+"""The R1 tag format: `<think>…</think>\n<answer>…</answer>`, checked and parsed without regexes.
+
+The seed (mini-deepseek-r1) checks the format with one regex and pulls the answer out with another
+(`<answer>(.*?)</answer>`, the first one on a single line). Here both rules come from one parser
+of the message's tags, so the format reward and the answer rewards can never disagree about what
+"the answer" is. How we differ from the seed:
+
+* The message is the whole assistant message, prefill included (the trainer prepends the prompt's
+  prefill, e.g. "Let me solve this step by step.\n<think>"), so no synthetic "<think>" is added
+  here. A lead-in before the first `<think>` is allowed; it may hold no think or answer tags.
+* Exactly one `<answer>` and one `</answer>`: the seed's lazy `[\s\S]*?` accepts
+  `<answer>1</answer><answer>2</answer>` as one answer "1</answer><answer>2"; we give 0.0.
+* Trailing whitespace after `</answer>` is allowed (samplers often leave a newline); the seed's
+  `$` allows one trailing newline only. Anything else after it gives 0.0.
+* Every check is a linear scan (`str.count` / `str.find`), so a megabyte completion costs
+  about a millisecond and no input can make it backtrack.
+"""
+
+from __future__ import annotations
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+
+def extract_answer(message: str) -> str | None:
+    """The text inside the message's single `<answer>…</answer>`, or None.
+
+    None when there is no answer, more than one `<answer>` or `</answer>` tag, or the closing tag
+    comes first: a completion that offers several answers gets no credit for any of them.
+    """
+    if not isinstance(message, str):
+        raise ValueError(f"message must be a str, got {type(message).__name__}")
+    if message.count(ANSWER_OPEN) != 1 or message.count(ANSWER_CLOSE) != 1:
+        return None
+    start = message.find(ANSWER_OPEN) + len(ANSWER_OPEN)
+    end = message.find(ANSWER_CLOSE)
+    if end < start:
+        return None
+    return message[start:end]
+
+
+def is_r1_format(message: str) -> bool:
+    """True for `[lead-in]<think>…</think>\n<answer>…</answer>[whitespace]`, one of each tag."""
+    if not isinstance(message, str):
+        raise ValueError(f"message must be a str, got {type(message).__name__}")
+    for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+        if message.count(tag) != 1:  # one of each: no nesting, no second block
+            return False
+    think_open = message.find(THINK_OPEN)
+    think_close = message.find(THINK_CLOSE)
+    separator = THINK_CLOSE + "\n" + ANSWER_OPEN  # the seed's rule: exactly one newline between
+    if think_close < think_open or not message.startswith(separator, think_close):
+        return False
+    answer_close = message.find(ANSWER_CLOSE)
+    if answer_close < think_close:
+        return False
+    return message[answer_close + len(ANSWER_CLOSE):].strip() == ""
+
+
+def format_reward(completions: list[str]) -> list[float]:
+    """1.0 when the assistant message has the R1 format (see `is_r1_format`), else 0.0."""
+    _check_completions(completions)
+    return [1.0 if is_r1_format(text) else 0.0 for text in completions]
+
+
+def _check_completions(completions) -> None:
+    if isinstance(completions, str) or not isinstance(completions, (list, tuple)):
+        raise ValueError(f"completions must be a list of str, got {type(completions).__name__}")
+    for i, text in enumerate(completions):
+        if not isinstance(text, str):
+            raise ValueError(f"completions[{i}] must be a str, got {type(text).__name__}")

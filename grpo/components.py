@@ -64,19 +64,6 @@ def reward_set(config: GRPOConfig):
     return rewards.RewardSet([funcs[name] for name in config.rewards], config.reward_weights)
 
 
-def check_columns(reward_set, dataset) -> None:
-    """Fail before the first step when the data lacks a column a reward needs."""
-    needed = getattr(reward_set, "required_columns", {}) or {}
-    if isinstance(needed, dict):
-        pairs = needed.items()
-    else:
-        pairs = ((column, "a reward") for column in needed)
-    for column, who in pairs:
-        if column not in dataset.column_names:
-            raise ValueError(f"dataset has no column {column!r}, which {who} needs; "
-                             f"columns: {dataset.column_names}")
-
-
 def engine(config: GRPOConfig, path: str):
     from grpo import engine as engines
 

@@ -49,7 +49,7 @@ class GRPOTrainer:
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.prefill = prefill or ""
         self.reward_set = reward_set or components.reward_set(c)
-        components.check_columns(self.reward_set, train_dataset)
+        self.reward_set.check_columns(train_dataset.column_names)
         self.engine = engine or components.engine(c, self.model_path)
         self.rank, self.world_size = getattr(self.engine, "rank", 0), getattr(
             self.engine, "world_size", 1)
@@ -126,7 +126,7 @@ class GRPOTrainer:
         metrics = {
             "reward": rewards.total.mean().item(),
             "reward_std": rewards.total.std().item() if len(rewards.total) > 1 else 0.0,
-            **{f"reward/{k}": v.float().mean().item() for k, v in rewards.per_function.items()},
+            **rewards.metrics,  # rewards/<name>/mean, /std, /errors, /timeouts
             "advantage/abs_mean": advantages.abs().mean().item(),
             "advantage/max": advantages.max().item(),
             "advantage/min": advantages.min().item(),
@@ -150,7 +150,8 @@ class GRPOTrainer:
                                        seed=self.config.seed)
         rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
                                   **_repeat(rows, 1, exclude=("prompt",)))
-        metrics = {f"eval/{k}": v.float().mean().item() for k, v in rewards.per_function.items()}
+        metrics = {f"eval/{k}": v.float().nanmean().item()  # NaN = "not applicable"
+                   for k, v in rewards.per_function.items()}
         metrics["eval/reward"] = rewards.total.mean().item()
         metrics["eval/completion_length"] = rollouts.completion_lengths.float().mean().item()
         self.tracker.log(step, metrics)
@@ -187,7 +188,8 @@ def _repeat(rows: dict[str, list], times: int, exclude=()) -> dict[str, list]:
 def _completion_rows(rollouts, rewards, advantages) -> list[dict]:
     return [{"prompt": rollouts.prompts[i], "completion": rollouts.texts[i],
              "reward": rewards.total[i].item(),
-             "rewards": {k: float(v[i]) for k, v in rewards.per_function.items()},
+             "rewards": {k: None if math.isnan(v[i]) else float(v[i])  # None: not applicable
+                         for k, v in rewards.per_function.items()},
              "advantage": advantages[i].item(), "truncated": bool(rollouts.truncated[i])}
             for i in range(len(rollouts))]
 

@@ -24,9 +24,11 @@ What a step gets is one finite float per completion, always. How we differ from 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import multiprocessing
+import os
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -209,7 +211,10 @@ class RewardSet:
         return values, len(bad), 0
 
     def _run_pooled(self, spec: _Spec, completions, kwargs) -> tuple[list, int, int]:
-        """One call per completion, `num_workers` at a time, each with the full `timeout`."""
+        """One call per completion, in waves of `num_workers` calls that share one deadline.
+
+        Waves keep the timeout per call: every call of a wave starts at once on an idle worker.
+        """
         n, values, errors, timeouts = len(completions), [None] * len(completions), 0, 0
         for start in range(0, n, self.num_workers):
             pool = self._get_pool()
@@ -239,9 +244,20 @@ class RewardSet:
         return values, errors + nonfinite, timeouts
 
     def _get_pool(self):
+        """Start the workers and wait until each has imported the reward modules.
+
+        Timing starts only when the workers are ready: a spawned worker imports torch (grpo's
+        package import) for seconds, which must not count against the first calls' timeout.
+        """
         if self._pool is None:
             ctx = multiprocessing.get_context(self._mp_context)
-            self._pool = ctx.Pool(self.num_workers)
+            ready = ctx.Queue()
+            modules = sorted({getattr(getattr(s.func, "func", s.func), "__module__", None)
+                              for s in self._specs} - {None})
+            self._pool = ctx.Pool(self.num_workers, initializer=_worker_init,
+                                  initargs=(ready, modules))
+            for _ in range(self.num_workers):
+                ready.get(timeout=_WORKER_START_TIMEOUT)
         return self._pool
 
     def close(self) -> None:
@@ -266,6 +282,15 @@ class RewardSet:
     def __repr__(self) -> str:
         inner = ", ".join(f"{s.name}*{s.weight:g}" for s in self._specs)
         return f"RewardSet({inner})"
+
+
+_WORKER_START_TIMEOUT = 300.0
+
+
+def _worker_init(ready, modules: list[str]) -> None:
+    for module in modules:
+        importlib.import_module(module)
+    ready.put(os.getpid())
 
 
 def _check_picklable(func: Callable, name: str) -> None:

@@ -1,0 +1,446 @@
+"""Group samplers: G completions per prompt, with the sampler's own log-prob of every token.
+
+`VLLMSampler` runs an in-process vLLM engine (the CPU build here, CUDA on GPUs) and takes new
+weights in place after each optimizer step; `HFSampler` does the same on transformers `generate`,
+for models vLLM can't run and as the speed baseline. Both return `Rollouts` (grpo/rollouts.py).
+
+Choices that differ from the usual recipes, and why:
+- Prompts are tokenised here with `add_special_tokens=False` and handed to the engine as token
+  ids. They are rendered chat strings whose template already wrote any BOS; vLLM's default for a
+  text prompt adds one more. `Rollouts.prompt_ids` are therefore exactly the ids the engine saw.
+- `sampler_logprobs` are of the distribution actually sampled: logits / temperature, then top-p
+  (vLLM's `logprobs_mode="processed_logprobs"`; the HF sampler records the same after its
+  warpers). With top_p = 1 this is what `grpo.logprobs.sequence_logprobs(..., temperature)`
+  computes for the trainer. At temperature 0 (greedy) they are the raw, unscaled log-probs.
+- Every completion is its own request with its own seed, `_row_seed(seed, row)`, so a call is
+  reproducible for a fixed seed, and the trainer's `seed + step` re-samples a resumed run exactly.
+  (vLLM forbids n > 1 for greedy requests; prefix caching still prefills each prompt once.)
+- `load_weights` collects the whole state dict before one reload: on the CPU build a push of part
+  of a fused weight (q without k and v) corrupts the layer, so a push that misses a checkpoint
+  tensor is refused, naming what is missing.
+
+Sharing the machine (DeepSpeed, one engine per rank): each rank samples its own share of the
+prompts with its own engine, in its own process, pass `seed=(seed + step) * world_size + rank`
+so ranks never reuse a row seed. In-process vLLM on CPU does no thread binding of its own: it
+runs on the process's torch threads (OMP_NUM_THREADS; torchrun sets 1 per rank), and sampling
+and training alternate in time, so here 2 ranks use one core each for both. vLLM makes
+`torch.set_num_threads` a no-op once started (use `torch._C.set_num_threads`). On GPUs each rank's
+engine lives on that rank's GPU next to the trainer: `gpu_memory_utilization` (or
+`kv_cache_memory_gb`) caps the engine's share, and `enable_sleep_mode` lets `sleep()` free the
+weights and KV cache during the train step; with `tensor_parallel_size > 1` the engine's workers
+are separate processes and new weights travel through a safetensors file instead of memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from grpo.models import resolve_model
+from grpo.rollouts import Rollouts
+
+__all__ = ["GroupSampler", "HFSampler", "Rollouts", "VLLMSampler"]
+
+GiB = 1 << 30
+
+
+@runtime_checkable
+class GroupSampler(Protocol):
+    """What a training loop needs from a sampler."""
+
+    tokenizer: object
+    group_size: int  # G in DeepSeekMath
+
+    def sample(self, prompts: list[str], *, seed: int | None = None,
+               group_size: int | None = None, temperature: float | None = None,
+               max_tokens: int | None = None) -> Rollouts: ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _row_seed(seed: int, row: int) -> int:
+    """The seed of completion `row` in a call with seed `seed`: a 32-bit hash of the call seed
+    plus the row. torch's CPU generator keeps only a seed's low 32 bits (5 * 2^32 and 6 * 2^32
+    draw the same numbers), so every row seed must differ in those bits: rows of one call always
+    do; rows of two calls collide with probability ~ rows / 2^32."""
+    x = (int(seed) + 0x9E3779B97F4A7C15) % 2**64  # splitmix64 finaliser
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return ((x ^ (x >> 31)) + row) % 2**32
+
+
+def _check_settings(group_size: int, max_tokens: int, temperature: float, top_p: float) -> None:
+    if not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2 (GRPO compares completions within a "
+                         f"group), got {group_size!r}")
+    _check_call(group_size, max_tokens, temperature)
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _check_call(group_size: int, max_tokens: int, temperature: float) -> None:
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+
+
+def _tokenize(tokenizer, prompts: list[str], context: int) -> list[list[int]]:
+    """Token ids of each rendered prompt, checked against the context the engine allows."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: nothing to sample")
+    ids = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"prompts[{i}] must be a non-empty string, got {prompt!r:.60}")
+        row = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(row) >= context:
+            raise ValueError(f"prompts[{i}] has {len(row)} tokens, but the model's context is "
+                             f"{context}: no room for a completion")
+        ids.append(row)
+    return ids
+
+
+def _collect_weights(named_tensors: Iterable[tuple[str, Tensor]], required: set[str] | None
+                     ) -> dict[str, Tensor]:
+    """The whole push as one dict; refuses a partial one, which corrupts fused layers."""
+    weights = {}
+    for name, tensor in named_tensors:
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"load_weights: {name!r} is a {type(tensor).__name__}, not a Tensor")
+        weights[name] = tensor.detach()
+    if not weights:
+        raise ValueError("load_weights got no tensors")
+    if required is not None:
+        missing = sorted(required - weights.keys())
+        if missing:
+            raise ValueError(
+                f"load_weights got {len(weights)} tensors but misses {len(missing)} of the "
+                f"checkpoint's (e.g. {missing[:3]}): push the whole state dict, a partial push "
+                "of a fused weight (q without k, v) corrupts the layer on vLLM's CPU build")
+    return weights
+
+
+def _checkpoint_names(path: str) -> set[str] | None:
+    """Tensor names in a local model's safetensors files (None if unknown, e.g. a hub id)."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    names = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def _on_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+class VLLMSampler:
+    """G completions per prompt from an in-process vLLM engine that takes new weights in place.
+
+    `sample` returns `Rollouts` whose `sampler_logprobs` are log-probs of the temperature-scaled
+    (and top-p-truncated) distribution the tokens were drawn from (vLLM's
+    `logprobs_mode="processed_logprobs"`), i.e. what the trainer scores with the same temperature.
+
+    Memory: on CPU the KV cache is `kv_cache_memory_gb` (vLLM's default would reserve 92 % of the
+    machine, so it must be set). On CUDA, `kv_cache_memory_gb=None` sizes the cache from
+    `gpu_memory_utilization` (the engine's fraction of the GPU); a number overrides it (vLLM then
+    ignores gpu_memory_utilization). `enable_sleep_mode` (CUDA only) allows `sleep()`/`wake_up()`.
+
+    Threads (CPU): the engine runs on the process's torch threads, shared with the trainer.
+    `num_threads` sets them for the whole process (None keeps the current count); vLLM would
+    otherwise cut them to 1 and lock them. On a busy machine 1 thread can beat 2 (spin-waits).
+    """
+
+    def __init__(self, model: str, group_size: int, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0, *, dtype: str = "auto",
+                 kv_cache_memory_gb: float | None = 1.0, enforce_eager: bool = False,
+                 gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False,
+                 tensor_parallel_size: int = 1, max_model_len: int | None = None,
+                 stop: list[str] | None = None, num_threads: int | None = None):
+        _check_settings(group_size, max_tokens, temperature, top_p)
+        cuda = _on_cuda()
+        if kv_cache_memory_gb is None and not cuda:
+            raise ValueError("kv_cache_memory_gb=None is only for CUDA (sized by "
+                             "gpu_memory_utilization); on CPU vLLM would reserve 92% of RAM")
+        if kv_cache_memory_gb is not None and kv_cache_memory_gb <= 0:
+            raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
+        if enable_sleep_mode and not cuda:
+            raise ValueError("enable_sleep_mode needs CUDA: vLLM's CPU build ignores sleep()")
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        self.model_path = resolve_model(model)
+        self.group_size, self.max_tokens, self.seed = group_size, max_tokens, seed
+        self.temperature, self.top_p, self.stop = temperature, top_p, stop
+        self.tensor_parallel_size = tensor_parallel_size
+        self.enable_sleep_mode, self._asleep = enable_sleep_mode, False
+        self.last_load_seconds: float | None = None  # wall time of the last load_weights
+        # In-process engine: weights can be pushed as tensors, failures raise here instead of in
+        # a child process, and nothing can hang on a dead engine core.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Unless OMP_NUM_THREADS is set, vLLM drops torch to 1 thread for the whole process (the
+        # trainer's too) and then makes torch.set_num_threads a no-op; setting the variable keeps
+        # the thread count we choose here (the process's current one by default).
+        if num_threads is not None:
+            torch._C.set_num_threads(num_threads)  # not the public call: vLLM may have patched it
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+        from vllm import LLM
+
+        kwargs = dict(model=self.model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+                      tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                      gpu_memory_utilization=gpu_memory_utilization,
+                      enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs")
+        if kv_cache_memory_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * GiB)
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as e:  # keep vLLM's own message, say which model failed
+            raise RuntimeError(f"vLLM could not start {self.model_path}: "
+                               f"{type(e).__name__}: {e}") from e
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._required = _checkpoint_names(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+
+    def sample(self, prompts: list[str], *, seed: int | None = None,
+               group_size: int | None = None, temperature: float | None = None,
+               max_tokens: int | None = None) -> Rollouts:
+        """G completions of each prompt, rows [i*G, (i+1)*G) answering prompts[i].
+
+        `seed` overrides the sampler's seed for this call (the trainer passes seed + step);
+        `temperature=0` samples greedily (use group_size=1 for evaluation).
+        """
+        from vllm import SamplingParams
+
+        g = self.group_size if group_size is None else group_size
+        temp = self.temperature if temperature is None else temperature
+        m = self.max_tokens if max_tokens is None else max_tokens
+        _check_call(g, m, temp)
+        if self._asleep:
+            raise RuntimeError("the engine is asleep: call wake_up() before sample()")
+        ids = _tokenize(self.tokenizer, prompts, self.max_model_len)
+        call_seed = self.seed if seed is None else seed
+        requests, params = [], []
+        for i, row_ids in enumerate(ids):
+            for j in range(g):
+                requests.append({"prompt_token_ids": row_ids})
+                params.append(SamplingParams(
+                    n=1, temperature=temp, top_p=self.top_p, max_tokens=m, logprobs=0,
+                    seed=_row_seed(call_seed, i * g + j), stop=self.stop))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return self._to_rollouts(outputs, prompts, ids, g)
+
+    def _to_rollouts(self, outputs, prompts, ids, g) -> Rollouts:
+        completions, logprobs, truncated, texts = [], [], [], []
+        for out in outputs:
+            c = out.outputs[0]
+            token_ids = list(c.token_ids)
+            if c.logprobs is None or len(c.logprobs) != len(token_ids):
+                raise RuntimeError(f"vLLM returned {len(c.logprobs or [])} log-probs for "
+                                   f"{len(token_ids)} tokens")
+            completions.append(token_ids)
+            logprobs.append([step[t].logprob for step, t in zip(c.logprobs, token_ids)])
+            truncated.append(c.finish_reason == "length")
+            texts.append(c.text)
+        rows = [i for i in range(len(ids)) for _ in range(g)]
+        return Rollouts.from_lists(
+            prompt_ids=[ids[i] for i in rows], completion_ids=completions, logprobs=logprobs,
+            truncated=truncated, texts=texts, prompts=[prompts[i] for i in rows], group_size=g,
+            pad_id=self.pad_id)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Replace the engine's weights in place (checkpoint names, e.g. an HF state dict).
+
+        The whole state dict is collected first and reloaded in one call, then the prefix cache
+        is reset (cached KV was computed by the old weights). Extra names (a tied lm_head) are
+        skipped by vLLM; dtypes are converted to the engine's.
+        """
+        if self._asleep:
+            raise RuntimeError("the engine is asleep: call wake_up() before load_weights()")
+        start = time.perf_counter()
+        weights = _collect_weights(named_tensors, self._required)
+        if self.tensor_parallel_size > 1:
+            self._reload_from_disk(weights)
+        else:  # in-process workers: pass the tensors themselves, no copy
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": list(weights.items())})
+        self.llm.reset_prefix_cache()
+        self.last_load_seconds = time.perf_counter() - start
+
+    def _reload_from_disk(self, weights: dict[str, Tensor]) -> None:
+        """For workers in other processes (tensor parallelism), which can't receive tensors."""
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory(prefix="grpo-weights-") as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in weights.items()},
+                      os.path.join(tmp, "model.safetensors"))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory for the train step. Level 1 keeps the weights in CPU memory; level 2
+        drops them, so call load_weights after wake_up (what a trainer does anyway)."""
+        if not self.enable_sleep_mode:
+            raise RuntimeError("sleep() needs VLLMSampler(..., enable_sleep_mode=True) on CUDA")
+        self.llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self) -> None:
+        if not self.enable_sleep_mode:
+            raise RuntimeError("wake_up() needs VLLMSampler(..., enable_sleep_mode=True) on CUDA")
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()
+        self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (the object is unusable afterwards)."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+
+
+class _RecordChosenLogprobs:
+    """A logits processor run last in `generate`: it keeps the final (temperature-scaled, top-p
+    masked) log-softmax of one step and, at the next step, picks the token that was sampled.
+    Holds [N, V] for one step only; `output_scores` would hold all T steps (3.2 GB at 64 x 256)."""
+
+    def __init__(self):
+        self.previous: Tensor | None = None  # [N, V]
+        self.chosen: list[Tensor] = []  # T of [N]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:  # [N, L], [N, V]
+        self._pick(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _pick(self, tokens: Tensor) -> None:  # [N]
+        if self.previous is not None:
+            self.chosen.append(self.previous.gather(1, tokens[:, None]).squeeze(1))
+
+    def finish(self, last_tokens: Tensor) -> Tensor:  # [N] -> [N, T]
+        self._pick(last_tokens)
+        return torch.stack(self.chosen, dim=1)
+
+
+class HFSampler:
+    """The same interface on transformers `generate`: for models vLLM can't run, and the baseline.
+
+    Log-probs are those of the processed distribution (temperature, then top-p), like vLLM's;
+    top_k is switched off (transformers would default to 50). Prompts are left-padded and
+    generated together; rows stop at the model's EOS.
+    """
+
+    def __init__(self, model, group_size: int, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0, *, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+        _check_settings(group_size, max_tokens, temperature, top_p)
+        if isinstance(model, PreTrainedModel):
+            self.model, path = model, model.config._name_or_path
+        else:
+            path = resolve_model(model)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        if device is not None or dtype is not None:
+            self.model.to(device=device, dtype=dtype)
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.group_size, self.max_tokens, self.seed = group_size, max_tokens, seed
+        self.temperature, self.top_p = temperature, top_p
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = min(self.eos_ids)
+        self.max_model_len = getattr(self.model.config, "max_position_embeddings", 1 << 30)
+        self.last_load_seconds: float | None = None
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], *, seed: int | None = None,
+               group_size: int | None = None, temperature: float | None = None,
+               max_tokens: int | None = None) -> Rollouts:
+        """G completions per prompt, grouped contiguously (see VLLMSampler.sample)."""
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        g = self.group_size if group_size is None else group_size
+        temp = self.temperature if temperature is None else temperature
+        m = self.max_tokens if max_tokens is None else max_tokens
+        _check_call(g, m, temp)
+        ids = _tokenize(self.tokenizer, prompts, self.max_model_len)
+        rows = [i for i in range(len(ids)) for _ in range(g)]
+        p = max(len(x) for x in ids)
+        device = self.model.device
+        input_ids = torch.full((len(rows), p), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for r, i in enumerate(rows):
+            input_ids[r, p - len(ids[i]):] = torch.tensor(ids[i])
+            attention_mask[r, p - len(ids[i]):] = 1
+        # generate runs custom processors before its own warpers, so the warpers are ours and
+        # the recorder comes after them; generate's are off (temperature 1, top_p 1, top_k 0).
+        recorder, processors = _RecordChosenLogprobs(), []
+        sampling = dict(do_sample=temp > 0)
+        if temp > 0:
+            sampling.update(temperature=1.0, top_p=1.0, top_k=0)
+            processors.append(TemperatureLogitsWarper(temp))
+            if self.top_p < 1:
+                processors.append(TopPLogitsWarper(self.top_p))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed if seed is None else seed)
+            out = self.model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                max_new_tokens=m, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                logits_processor=LogitsProcessorList(processors + [recorder]), **sampling)
+        generated = out[:, p:].cpu()  # [N, T']
+        logprobs = recorder.finish(generated[:, -1].to(device)).cpu()  # [N, T']
+        completions, lps, truncated = [], [], []
+        for r in range(len(rows)):
+            row = generated[r].tolist()
+            end = next((k + 1 for k, t in enumerate(row) if t in self.eos_ids), None)
+            truncated.append(end is None)
+            end = len(row) if end is None else end
+            completions.append(row[:end])
+            lps.append(logprobs[r, :end].tolist())
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return Rollouts.from_lists(
+            prompt_ids=[ids[i] for i in rows], completion_ids=completions, logprobs=lps,
+            truncated=truncated, texts=texts, prompts=[prompts[i] for i in rows], group_size=g,
+            pad_id=self.pad_id)
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Copy new weights into the model (names as in its state dict); all of them required."""
+        start = time.perf_counter()
+        required = set(self.model.state_dict().keys())
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            required.discard("lm_head.weight")
+        weights = _collect_weights(named_tensors, required)
+        unknown = sorted(weights.keys() - self.model.state_dict().keys())
+        if unknown:
+            raise ValueError(f"load_weights: names not in the model: {unknown[:5]}")
+        self.model.load_state_dict(weights, strict=False)
+        self.last_load_seconds = time.perf_counter() - start
+
+    def close(self) -> None:
+        self.__dict__.pop("model", None)
+        gc.collect()

@@ -1,0 +1,201 @@
+"""The group samplers on real vLLM (its CPU build) and the real packaged SmolLM2-135M-Instruct.
+
+One engine per module (enforce_eager: starts in seconds), fp32 so that its log-probs can be held
+to the trainer's (grpo.logprobs on the transformers model) at a tight, measured tolerance.
+"""
+
+import pytest
+import torch
+
+from grpo.logprobs import sequence_logprobs
+from grpo.models import resolve_model
+from grpo.sampler import GroupSampler, HFSampler, Rollouts, VLLMSampler, _row_seed
+
+EOS = 2  # SmolLM2's <|im_end|>, also its pad token
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    threads = torch.get_num_threads()
+    # One thread: the machine is shared (spin-waiting OMP threads collapse under contention).
+    s = VLLMSampler(None, group_size=3, max_tokens=16, temperature=1.0, seed=0, dtype="float32",
+                    enforce_eager=True, kv_cache_memory_gb=1.0, num_threads=1)
+    yield s
+    s.close()
+    torch._C.set_num_threads(threads)  # vLLM locks torch.set_num_threads; give other tests theirs
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=torch.float32).eval()
+
+
+def chat(tokenizer, question: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def check_rollouts(r: Rollouts, prompts, tokenizer, group_size, max_tokens):
+    """Invariants every sampler's output must hold."""
+    n = len(prompts) * group_size
+    assert len(r) == n and r.group_size == group_size
+    assert r.completion_ids.shape == r.completion_mask.shape == r.sampler_logprobs.shape
+    assert r.completion_ids.shape[0] == n and r.completion_ids.shape[1] <= max_tokens
+    for row in range(n):
+        prompt = prompts[row // group_size]  # grouped contiguously
+        assert r.prompts[row] == prompt
+        want = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # no extra BOS
+        assert r.prompt_ids[row][r.prompt_mask[row].bool()].tolist() == want
+        length = int(r.completion_mask[row].sum())
+        assert r.completion_mask[row, :length].all() and not r.completion_mask[row, length:].any()
+        ids = r.completion_ids[row, :length].tolist()
+        if r.truncated[row]:
+            assert length == max_tokens and EOS not in ids
+        else:  # stopped by EOS: it is the last counted token, so the loss sees it
+            assert ids[-1] == EOS and EOS not in ids[:-1] and length <= max_tokens
+        assert r.texts[row] == tokenizer.decode(ids, skip_special_tokens=True)
+        lp = r.sampler_logprobs[row]
+        assert (lp[:length] <= 0).all() and (lp[length:] == 0).all()
+
+
+def test_row_seeds_are_distinct_in_their_low_32_bits():
+    # torch's CPU generator keeps a seed's low 32 bits only, so distinct must mean distinct there
+    seeds = {_row_seed(s, row) % 2**32 for s in range(100) for row in range(64)}
+    assert len(seeds) == 6400  # 100 consecutive call seeds (steps) x 64 rows, no collision
+
+
+def test_shapes_masks_groups_and_truncation(sampler):
+    tok = sampler.tokenizer
+    prompts = [chat(tok, "What is the capital of France? One word."),
+               chat(tok, "Write a long essay about the history of Rome.")]
+    r = sampler.sample(prompts)
+    check_rollouts(r, prompts, tok, group_size=3, max_tokens=16)
+    assert r.truncated[3:].all()  # a long essay never fits 16 tokens
+    short = sampler.sample(prompts, max_tokens=4, group_size=2)
+    check_rollouts(short, prompts, tok, group_size=2, max_tokens=4)
+    assert short.completion_ids.shape[1] <= 4 and short.truncated[2:].all()
+    assert isinstance(sampler, GroupSampler)
+
+
+def test_groups_are_in_prompt_order_greedy(sampler):
+    tok = sampler.tokenizer
+    a, b = chat(tok, "What is 2 + 2?"), chat(tok, "Name a color.")
+    one_a = sampler.sample([a], group_size=1, temperature=0)
+    one_b = sampler.sample([b], group_size=1, temperature=0)
+    both = sampler.sample([a, b], group_size=2, temperature=0)
+    assert one_a.texts[0] != one_b.texts[0]
+    assert both.texts == [one_a.texts[0]] * 2 + [one_b.texts[0]] * 2
+
+
+def test_same_seed_same_samples_other_seed_differs(sampler):
+    prompts = [chat(sampler.tokenizer, "Tell me a story about a cat.")]
+    first = sampler.sample(prompts, seed=5)
+    again = sampler.sample(prompts, seed=5)
+    other = sampler.sample(prompts, seed=6)
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert torch.equal(first.sampler_logprobs, again.sampler_logprobs)
+    assert not torch.equal(first.completion_ids, other.completion_ids)
+    assert len(set(first.texts)) > 1  # each row has its own seed, so a group is not 3 copies
+
+
+def test_greedy_repeats_and_matches_transformers_greedy(sampler, hf_model):
+    prompt = chat(sampler.tokenizer, "What is the capital of France?")
+    one = sampler.sample([prompt], group_size=1, temperature=0, max_tokens=12)
+    two = sampler.sample([prompt], group_size=1, temperature=0, max_tokens=12)
+    assert one.texts == two.texts and one.texts[0].startswith("The capital of France is Paris")
+    hf = HFSampler(hf_model, group_size=2, max_tokens=12)
+    ref = hf.sample([prompt], group_size=1, temperature=0)
+    assert ref.completion_ids[0, :8].tolist() == one.completion_ids[0, :8].tolist()
+
+
+def _max_mean_gap(model, r: Rollouts, temperature: float) -> tuple[float, float]:
+    with torch.no_grad():
+        lp, _ = sequence_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask,
+                                  temperature=temperature)
+    gap = (lp - r.sampler_logprobs)[r.completion_mask.bool()].abs()
+    return gap.max().item(), gap.mean().item()
+
+
+def test_sampler_logprobs_match_the_trainers(sampler, hf_model):
+    """Measured here (fp32 vLLM vs fp32 transformers, T=0.7, 96 tokens): max 3.8e-5, mean 7.5e-6;
+    the raw (unscaled) log-probs would differ by ~0.1-1 per token, so 1e-3 tells them apart."""
+    tok = sampler.tokenizer
+    prompts = [chat(tok, "Explain photosynthesis briefly."), chat(tok, "What is 17 * 3?")]
+    r = sampler.sample(prompts, temperature=0.7, seed=1)
+    worst, mean = _max_mean_gap(hf_model, r, 0.7)
+    assert worst < 1e-3 and mean < 1e-4, (worst, mean)
+    unscaled, _ = _max_mean_gap(hf_model, r, 1.0)
+    assert unscaled > 1e-2  # the check can fail: the wrong temperature is far off
+
+
+def test_load_weights_changes_outputs_and_originals_restore_them(sampler, hf_model):
+    prompt = chat(sampler.tokenizer, "What is the capital of France?")
+    greedy = lambda: sampler.sample([prompt], group_size=1, temperature=0).texts[0]  # noqa
+    before = greedy()
+    original = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=g) if v.dim() == 2 else v
+             for k, v in original.items()}  # noise of half each matrix's own spread
+    sampler.load_weights(noisy.items())
+    assert greedy() != before
+    sampler.load_weights(original.items())
+    assert greedy() == before
+    assert sampler.last_load_seconds is not None and sampler.last_load_seconds > 0
+    partial = [(k, v) for k, v in original.items() if "k_proj" not in k]
+    with pytest.raises(ValueError, match="misses 30 of the checkpoint"):  # one per layer
+        sampler.load_weights(partial)
+    assert greedy() == before  # the refused push left the engine untouched
+
+
+def test_hf_sampler_interface_logprobs_and_seed(hf_model):
+    hf = HFSampler(hf_model, group_size=2, max_tokens=10, temperature=0.7, top_p=1.0, seed=3)
+    tok = hf.tokenizer
+    prompts = [chat(tok, "Say hello."), chat(tok, "Write a long essay about the history of Rome.")]
+    r = hf.sample(prompts)
+    check_rollouts(r, prompts, tok, group_size=2, max_tokens=10)
+    worst, mean = _max_mean_gap(hf_model, r, 0.7)
+    assert worst < 1e-4, (worst, mean)  # same model, same fp32 math: measured max ~1e-6
+    assert torch.equal(hf.sample(prompts).completion_ids, r.completion_ids)
+    assert isinstance(hf, GroupSampler)
+
+
+def test_hf_sampler_load_weights_round_trip(hf_model):
+    import copy
+
+    model = copy.deepcopy(hf_model)
+    hf = HFSampler(model, group_size=2, max_tokens=8)
+    prompt = chat(hf.tokenizer, "What is the capital of France?")
+    before = hf.sample([prompt], group_size=1, temperature=0).texts
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    hf.load_weights((k, torch.zeros_like(v)) for k, v in original.items())
+    assert hf.sample([prompt], group_size=1, temperature=0).texts != before
+    hf.load_weights(original.items())
+    assert hf.sample([prompt], group_size=1, temperature=0).texts == before
+    with pytest.raises(ValueError, match="misses"):
+        hf.load_weights([("model.norm.weight", original["model.norm.weight"])])
+
+
+def test_bad_input_raises_clear_errors(sampler):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        sampler.sample([])
+    with pytest.raises(TypeError, match="list of strings"):
+        sampler.sample("a bare string")
+    too_long = "hello " * (sampler.max_model_len + 10)
+    with pytest.raises(ValueError, match=r"prompts\[0\] has \d+ tokens, but the model's context"):
+        sampler.sample([too_long])
+    with pytest.raises(ValueError, match="group_size must be an int >= 2"):
+        VLLMSampler(None, group_size=1, max_tokens=8)
+    with pytest.raises(ValueError, match="max_tokens"):
+        VLLMSampler(None, group_size=2, max_tokens=0)
+    with pytest.raises(FileNotFoundError, match="neither an existing directory"):
+        VLLMSampler("/no/such/model", group_size=2, max_tokens=8)
+    with pytest.raises(ValueError, match="group_size must be an int >= 2"):
+        HFSampler(None, group_size=1, max_tokens=8)
+
+
+def test_a_vllm_failure_surfaces_with_vllms_message():
+    # SmolLM2's context is 8192; vLLM itself refuses a longer one while building its config.
+    with pytest.raises(RuntimeError, match="vLLM could not start.*max_model_len"):
+        VLLMSampler(None, group_size=2, max_tokens=8, enforce_eager=True, max_model_len=100_000)

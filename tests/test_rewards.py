@@ -74,7 +74,8 @@ def test_evaluate_expression_exact(expression, value):
 
 @pytest.mark.parametrize("expression", [
     "", "(", "1 +", "()", "2(3)", "-2 + 3", "+2", "2 ** 3", "2 // 3", "2 ^ 3", "1.5 + 1",
-    "07 + 1", "4 / (2 - 2)", "x + 1", "\u0663 + 1", "(" * (MAX_DEPTH + 1) + "1" + ")" * (MAX_DEPTH + 1),
+    "07 + 1", "4 / (2 - 2)", "x + 1", "\u0663 + 1",
+    "(" * (MAX_DEPTH + 1) + "1" + ")" * (MAX_DEPTH + 1),
 ])
 def test_evaluate_expression_rejects(expression):
     with pytest.raises(ExpressionError):
@@ -271,7 +272,8 @@ def test_none_means_not_applicable():
 
 
 def test_nan_and_exceptions_fail_the_step_by_default():
-    with pytest.raises(RewardError, match=r"'<lambda>' returned non-finite values at completions \[1\]"):
+    with pytest.raises(RewardError,
+                       match=r"'<lambda>' returned non-finite values at completions \[1\]"):
         RewardSet([lambda c: [1.0, math.nan]])(["a", "b"])
 
     def broken(completions):
@@ -350,7 +352,8 @@ def test_pool_reports_errors_by_name_and_needs_picklable_functions():
     with RewardSet([failing_on_marker], num_workers=1, on_error="zero",
                    mp_context="fork") as rewards:
         out = rewards(["ok", "FAIL", "ok"])
-        torch.testing.assert_close(out.total, torch.tensor([1.0, 0.0, 1.0]))  # only the failing call
+        # only the failing call scores 0.0
+        torch.testing.assert_close(out.total, torch.tensor([1.0, 0.0, 1.0]))
         assert out.metrics["rewards/failing_on_marker/errors"] == 1.0
     with RewardSet([failing_on_marker], num_workers=1, mp_context="fork") as rewards:
         with pytest.raises(RewardError, match="'failing_on_marker' raised KeyError"):

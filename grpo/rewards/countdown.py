@@ -67,7 +67,10 @@ def tokenize(expression: str) -> list[int | str]:
 
 
 class _Parser:
-    """expr := term (('+'|'-') term)*; term := atom (('*'|'/') atom)*; atom := INT | '(' expr ')'."""
+    """Recursive descent, evaluating as it parses (exact Fractions).
+
+    expr := term (('+'|'-') term)*;  term := atom (('*'|'/') atom)*;  atom := INT | '(' expr ')'
+    """
 
     def __init__(self, tokens: list[int | str]):
         self.tokens, self.pos, self.depth = tokens, 0, 0

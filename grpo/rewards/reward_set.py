@@ -195,7 +195,8 @@ class RewardSet:
             raw = spec.func(list(completions), **kwargs)
         except Exception as exc:  # noqa: BLE001 - reported by name, or scored per on_error
             if self.on_error == "raise":
-                raise RewardError(f"reward {spec.name!r} raised {type(exc).__name__}: {exc}") from exc
+                raise RewardError(
+                    f"reward {spec.name!r} raised {type(exc).__name__}: {exc}") from exc
             return [0.0] * len(completions), len(completions), 0
         values = _check_values(raw, spec.name, len(completions))
         return self._handle_nonfinite(values, spec.name)

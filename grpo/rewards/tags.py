@@ -1,4 +1,4 @@
-"""The R1 tag format: `<think>…</think>\n<answer>…</answer>`, checked and parsed without regexes.
+r"""The R1 tag format: `<think>…</think>\n<answer>…</answer>`, checked and parsed without regex.
 
 The seed (mini-deepseek-r1) checks the format with one regex and pulls the answer out with another
 (`<answer>(.*?)</answer>`, the first one on a single line). Here both rules come from one parser

@@ -17,6 +17,18 @@ def model_path(config: GRPOConfig) -> str:
     return resolve_model(config.model)
 
 
+def check_context(config: GRPOConfig, path: str) -> None:
+    """Prompt + completion must fit the model's context window."""
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    total = config.max_prompt_length + config.max_completion_length
+    if context is not None and total > context:
+        raise ValueError(f"max_prompt_length + max_completion_length = {config.max_prompt_length}"
+                         f" + {config.max_completion_length} = {total} exceeds the model's "
+                         f"context of {context} tokens")
+
+
 def tokenizer(path: str):
     from transformers import AutoTokenizer
 

@@ -43,6 +43,7 @@ class GRPOTrainer:
         else:
             self.resume_dir = None
         self.model_path = components.model_path(c)
+        components.check_context(c, self.model_path)
         self.tokenizer = components.tokenizer(self.model_path)
         if train_dataset is None:
             train_dataset, eval_dataset, prefill = components.datasets(c, self.tokenizer)
@@ -217,3 +218,12 @@ def _progress(start: int, total: int, enabled: bool):
 
     return tqdm(initial=start, total=total, disable=not enabled, desc="grpo", dynamic_ncols=True,
                 postfix={"reward": math.nan})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m grpo.trainer --config recipe.yaml [--key value ...]`."""
+    GRPOTrainer(GRPOConfig.from_args(argv)).train()
+
+
+if __name__ == "__main__":
+    main()

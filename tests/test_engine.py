@@ -1,0 +1,271 @@
+"""TorchEngine (one process) on a tiny random Llama saved as a Hugging Face directory (fast,
+float32), plus the pure helpers the engines share. The packaged SmolLM2 is used where the real
+model matters (tests/test_engine_deepspeed.py: DeepSpeed against TorchEngine)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from grpo.engine import TorchEngine
+from grpo.engine.common import LogprobModel, learning_rate_at, micro_batch_slices
+from grpo.engine.ds_config import build_ds_config
+from grpo.logprobs import sequence_logprobs
+from grpo.rollouts import Rollouts
+
+VOCAB = 61
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1)
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def _batch(n=8, seed=0) -> tuple[Rollouts, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    prompts, completions, logprobs = [], [], []
+    for i in range(n):
+        prompts.append(torch.randint(2, VOCAB, (2 + i % 3,), generator=g).tolist())
+        length = 1 + (3 * i) % 6  # 1..6 tokens: padding in most rows
+        completions.append(torch.randint(2, VOCAB, (length,), generator=g).tolist())
+        logprobs.append([-4.0] * length)
+    rollouts = Rollouts.from_lists(prompts, completions, logprobs, [False] * n, ["x"] * n,
+                                   ["p"] * n, group_size=2, pad_id=0)
+    return rollouts, torch.randn(n, generator=g)
+
+
+def _engine(path, **kw) -> TorchEngine:
+    kw.setdefault("learning_rate", 1e-3)
+    return TorchEngine(path, device="cpu", max_completion_length=6, **kw)
+
+
+def _grads(engine, rollouts, advantages) -> dict[str, torch.Tensor]:
+    engine._gradients(rollouts, advantages)
+    out = {n: g.clone() for n, g in engine._full_grads()}
+    engine._drop_grads()
+    return out
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "token_mean", "dr_grpo"])
+def test_gradient_does_not_depend_on_micro_batch_size(tiny_model, loss_type):
+    rollouts, advantages = _batch()
+    engine = _engine(tiny_model, loss_type=loss_type, beta=0.1)
+    whole = _grads(engine, rollouts, advantages)
+    for micro in (1, 3, 5):  # 3 and 5 leave a shorter last micro-batch
+        engine.micro_batch_size = micro
+        split = _grads(engine, rollouts, advantages)
+        for name in whole:  # fp32 sums in another order: a few ulps of the largest entry
+            assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6 * whole[name].abs().max())
+
+
+def test_one_step_is_adamw_on_the_full_batch_gradient(tiny_model):
+    """The engine's step equals a hand-written one: clip to max_grad_norm, torch AdamW."""
+    rollouts, advantages = _batch()
+    engine = _engine(tiny_model, micro_batch_size=3, max_grad_norm=0.5, weight_decay=0.01)
+    grads = _grads(engine, rollouts, advantages)
+    params = {n: p.detach().clone().requires_grad_() for n, p in engine.model.named_parameters()}
+    for n, p in params.items():
+        p.grad = grads[n].clone()
+    norm = torch.nn.utils.clip_grad_norm_(list(params.values()), 0.5)
+    torch.optim.AdamW(list(params.values()), lr=1e-3, betas=(0.9, 0.99),
+                      weight_decay=0.01).step()
+    metrics = engine.train_step(rollouts, advantages)
+    assert metrics["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+    for n, p in engine.model.named_parameters():
+        assert_close(p.detach(), params[n].detach(), rtol=0, atol=1e-7)
+
+
+def test_metrics_have_the_promised_keys_and_sane_values(tiny_model):
+    rollouts, advantages = _batch()
+    metrics = _engine(tiny_model).train_step(rollouts, advantages)
+    assert set(metrics) >= {"loss", "kl", "clip_ratio", "entropy", "grad_norm", "lr",
+                            "logprob_gap", "skipped_nonfinite", "skipped_zero_advantage"}
+    assert metrics["kl"] == 0.0  # policy == reference before the first update
+    assert metrics["clip_ratio"] == 0.0  # one update: ratio 1
+    assert 0 < metrics["entropy"] <= math.log(VOCAB) + 1e-4
+    engine = _engine(tiny_model)
+    lp = engine.policy_logprobs(rollouts)
+    mask = rollouts.completion_mask.bool()
+    gap = (rollouts.sampler_logprobs - lp)[mask].abs().mean().item()
+    assert metrics["logprob_gap"] == pytest.approx(gap, rel=1e-5)
+
+
+def test_num_iterations_uses_old_logprobs_from_before_the_first_update(tiny_model):
+    """With mu = 3 the later updates see ratio != 1, so clipping can engage; the loss at the
+    first update equals the mu = 1 loss (old = current policy then)."""
+    rollouts, advantages = _batch()
+    one = _engine(tiny_model, learning_rate=0.05).train_step(rollouts, advantages)
+    three = _engine(tiny_model, learning_rate=0.05, num_iterations=3,
+                    eps_low=0.01).train_step(rollouts, advantages)
+    assert three["clip_ratio"] > 0  # lr 0.05 moves log-probs well past 1 +- 0.01
+    assert one["clip_ratio"] == 0
+
+
+def test_beta_zero_loads_no_reference(tiny_model):
+    engine = _engine(tiny_model, beta=0.0)
+    assert engine.ref_model is None
+    rollouts, advantages = _batch()
+    assert engine.ref_logprobs(rollouts) is None
+    assert engine.train_step(rollouts, advantages)["skipped_nonfinite"] == 0.0
+    assert _engine(tiny_model, beta=0.04).ref_model is not None
+
+
+def test_all_zero_advantages_skip_backward_and_keep_weights(tiny_model):
+    rollouts, _ = _batch()
+    engine = _engine(tiny_model)
+    before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    metrics = engine.train_step(rollouts, torch.zeros(len(rollouts)))
+    assert metrics["skipped_zero_advantage"] == 1.0 and metrics["grad_norm"] == 0.0
+    assert all(p.grad is None for p in engine.model.parameters())
+    for n, p in engine.model.named_parameters():
+        assert torch.equal(p.detach(), before[n])
+
+
+def test_nonfinite_loss_skips_the_update_and_weights_stay_finite(tiny_model):
+    rollouts, advantages = _batch()
+    engine = _engine(tiny_model, micro_batch_size=4)
+    before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    calls = []
+
+    def poison(module, inputs, output):  # only the second micro-batch turns NaN
+        calls.append(1)
+        return output * float("nan") if len(calls) == 2 else output  # the ref is another model
+
+    hook = engine.model.model.norm.register_forward_hook(poison)
+    metrics = engine.train_step(rollouts, advantages)
+    hook.remove()
+    assert metrics["skipped_nonfinite"] == 1.0
+    for n, p in engine.model.named_parameters():
+        assert torch.equal(p.detach(), before[n])
+    assert engine.train_step(rollouts, advantages)["skipped_nonfinite"] == 0.0  # recovers
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+def test_resume_is_bit_identical(tiny_model, tmp_path):
+    rollouts, advantages = _batch()
+    kw = dict(lr_scheduler_type="cosine", warmup_steps=1, max_steps=5)
+    a = _engine(tiny_model, **kw)
+    a.train_step(rollouts, advantages)
+    a.save(tmp_path / "ckpt")
+    a.train_step(*_batch(seed=1))
+    b = _engine(tiny_model, **kw)
+    b.load(tmp_path / "ckpt")
+    assert b.step == 1
+    b.train_step(*_batch(seed=1))
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(p, q), n
+    from transformers import AutoModelForCausalLM
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")  # plain HF directory
+    assert (tmp_path / "ckpt" / "config.json").exists()
+    assert sum(p.numel() for p in loaded.parameters()) == sum(
+        p.numel() for p in a.model.parameters())
+
+
+def test_named_weights_is_the_state_dict(tiny_model):
+    engine = _engine(tiny_model)
+    weights = dict(engine.named_weights())
+    state = engine.model.state_dict()
+    assert list(weights) == list(state)  # tied lm_head.weight included, same order
+    for name in state:
+        assert torch.equal(weights[name], state[name])
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_model):
+    rollouts, advantages = _batch()
+    plain = _grads(_engine(tiny_model), rollouts, advantages)
+    ckpt = _grads(_engine(tiny_model, gradient_checkpointing=True), rollouts, advantages)
+    for name in plain:
+        assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_logprob_model_equals_sequence_logprobs(tiny_model):
+    rollouts, _ = _batch()
+    engine = _engine(tiny_model)
+    want, want_ent = sequence_logprobs(engine.model, rollouts.input_ids, rollouts.attention_mask,
+                                       rollouts.completion_mask, 0.7, 4, True)
+    got, ent = LogprobModel(engine.model)(rollouts.input_ids, rollouts.attention_mask,
+                                          rollouts.completion_mask, 0.7, 4, True)
+    assert_close(got, want, rtol=0, atol=0)
+    assert_close(ent, want_ent, rtol=0, atol=0)
+
+
+def test_learning_rate_schedules():
+    assert learning_rate_at(0, 1.0, "constant", warmup_steps=3) == 0.25  # (0+1)/(3+1)
+    assert learning_rate_at(3, 1.0, "constant", warmup_steps=3) == 1.0
+    assert learning_rate_at(2, 1.0, "cosine", 2, 6) == 1.0  # warmup done: cos(0)
+    assert learning_rate_at(4, 1.0, "cosine", 2, 6) == pytest.approx(0.5)  # half way: cos(pi/2)
+    assert learning_rate_at(6, 1.0, "cosine", 2, 6) == pytest.approx(0.0)
+
+
+def test_micro_batch_slices():
+    assert micro_batch_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert micro_batch_slices(5, None) == [slice(0, 5)]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr_scheduler_type="cosine"), "max_steps"),
+    (dict(lr_scheduler_type="linear"), "lr_scheduler_type"),
+    (dict(micro_batch_size=0), "micro_batch_size"),
+    (dict(num_iterations=0), "num_iterations"),
+    (dict(loss_type="mean"), "loss_type"),
+    (dict(temperature=0.0), "temperature"),
+])
+def test_bad_engine_arguments_fail_before_loading(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TorchEngine("/nonexistent/model", **kwargs)  # the check runs before the model loads
+
+
+def test_bad_batch(tiny_model):
+    engine = _engine(tiny_model)
+    rollouts, advantages = _batch()
+    with pytest.raises(ValueError, match="advantages"):
+        engine.train_step(rollouts, advantages[:-1])
+    with pytest.raises(ValueError, match="advantages must be finite"):
+        engine.train_step(rollouts, advantages * float("nan"))
+
+
+@pytest.mark.parametrize("user, match", [
+    ({"gradient_accumulation_steps": 4}, "gradient_accumulation_steps"),
+    ({"train_micro_batch_size_per_gpu": 8}, "train_micro_batch_size_per_gpu"),
+    ({"train_batch_size": 64}, "train_batch_size"),
+    ({"gradient_clipping": 0.3}, "gradient_clipping"),
+    ({"optimizer": {"type": "Adam"}}, "optimizer"),
+    ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+    ({"zero_optimization": {"stage": 2}}, "stage"),
+    ({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
+    ({"bf16": {"enabled": True}}, "bf16"),
+])
+def test_ds_config_contradicting_the_grpo_config_is_refused(user, match):
+    with pytest.raises(ValueError, match=match):
+        build_ds_config(zero_stage=3, micro_batch_size=2, world_size=2, ds_config=user)
+
+
+def test_ds_config_fills_auto_and_keeps_tuning():
+    config = build_ds_config(zero_stage=3, micro_batch_size=2, world_size=2, max_grad_norm=0.5,
+                             ds_config={"gradient_accumulation_steps": "auto",
+                                        "zero_optimization": {"stage3_max_live_parameters": 7}})
+    assert config["gradient_accumulation_steps"] == 1 and config["train_batch_size"] == 4
+    assert config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"]["stage3_max_live_parameters"] == 7
+
+
+def test_nvme_offload_needs_a_writable_path(tmp_path):
+    with pytest.raises(ValueError, match="nvme_path"):
+        build_ds_config(offload_param="nvme")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the folder should be: mkdir fails
+    with pytest.raises(ValueError, match="not a writable folder"):
+        build_ds_config(offload_optimizer="nvme", nvme_path=str(blocker / "swap"))
+    with pytest.raises(ValueError, match="zero_stage=3"):
+        build_ds_config(zero_stage=2, offload_param="cpu")

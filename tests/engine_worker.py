@@ -53,6 +53,9 @@ def main() -> None:
     _log(rank, f"engines built in {time.time() - t0:.1f}s")
     out = {"world_size": world, "init_s": time.time() - t0, "ds_has_reference": ds.ref is not None}
     checks = args.checks.split(",")
+    if "uneven" in checks:
+        out["uneven"] = _uneven(ds, rollouts, advantages)
+        _log(rank, "done: uneven")
     if "weights" in checks:
         out["weights"] = _compare_weights(ds, ref)
         _log(rank, "done: weights")
@@ -80,15 +83,22 @@ def _log(rank, text) -> None:
 
 
 def _max_diff(ds_weights, reference: dict | None) -> dict:
-    """Consumes ds_weights on every rank (collective); rank 0 measures against reference."""
-    worst, scale, names = 0.0, 0.0, []
+    """Consumes ds_weights on every rank (collective); rank 0 measures against reference:
+    the max absolute difference, and the relative L2 error of the whole set and of the worst
+    tensor (||got - want|| / ||want||)."""
+    worst, scale, names, err2, ref2, worst_rel = 0.0, 0.0, [], 0.0, 0.0, 0.0
     for name, tensor in ds_weights:
         names.append(name)
         if reference is not None:
             want = reference[name].float()
-            worst = max(worst, (tensor.float() - want).abs().max().item())
+            diff = tensor.float() - want
+            worst = max(worst, diff.abs().max().item())
             scale = max(scale, want.abs().max().item())
-    return {"max_abs_diff": worst, "max_abs_ref": scale, "names": names}
+            err2 += diff.pow(2).sum().item()
+            ref2 += want.pow(2).sum().item()
+            worst_rel = max(worst_rel, diff.norm().item() / max(want.norm().item(), 1e-30))
+    return {"max_abs_diff": worst, "max_abs_ref": scale, "names": names,
+            "rel_l2": (err2 / ref2) ** 0.5 if ref2 else 0.0, "worst_tensor_rel_l2": worst_rel}
 
 
 def _compare_weights(ds, ref) -> dict:
@@ -117,6 +127,16 @@ def _compare_grads(ds, ref, loss_type, local, full) -> dict:
         ref.loss_fn = ds.loss_fn
     result.pop("names")
     return result
+
+
+def _uneven(ds, rollouts, advantages) -> str:
+    """Rank 0 gets 4 rows, the others 2: every rank must refuse before any forward pass."""
+    rows = list(range(4 if ds.rank == 0 else 2))
+    try:
+        ds.train_step(rollouts.select(rows), advantages[rows])
+    except ValueError as err:
+        return str(err)
+    return "no error"
 
 
 def _compare_step(ds, ref, local, full) -> dict:

@@ -83,6 +83,13 @@ class StepEngine:
     def _set_lr(self, lr: float) -> None:
         raise NotImplementedError
 
+    def _sum(self, tensor: Tensor) -> Tensor:
+        """Sum over this engine's ranks (TorchEngine: itself, even inside a launched job)."""
+        return distributed.all_reduce_sum(tensor) if self.world_size > 1 else tensor.clone()
+
+    def _max(self, tensor: Tensor) -> Tensor:
+        return distributed.all_reduce_max(tensor) if self.world_size > 1 else tensor.clone()
+
     def _check_ranks(self, num_rows: int) -> None:
         """Every rank must run the same number of micro-batches (ZeRO's gathers are collective)."""
 
@@ -123,7 +130,7 @@ class StepEngine:
             if batch.skip_backward:
                 break
             flag = torch.tensor(sums["nonfinite"], device=self.device)
-            nonfinite = distributed.all_reduce_max(flag).item() > 0
+            nonfinite = self._max(flag).item() > 0
             norms.append(self._optimizer_step(skip=nonfinite))
             if nonfinite or not torch.isfinite(torch.tensor(norms[-1])):
                 sums["nonfinite"] = 1.0
@@ -137,9 +144,9 @@ class StepEngine:
         self._check_ranks(len(rollouts))
         rollouts = rollouts.to(self.device)
         advantages = advantages.to(self.device, torch.float32)
-        normalizer = distributed.all_reduce_sum(
+        normalizer = self._sum(
             self.loss_fn.normalizer(rollouts.completion_mask).to(self.device)) / self.world_size
-        signal = distributed.all_reduce_max((advantages != 0).any().float().to(self.device))
+        signal = self._max((advantages != 0).any().float().to(self.device))
         skip_backward = signal.item() == 0
         old = None
         if self.num_iterations > 1 and not skip_backward:
@@ -188,7 +195,7 @@ class StepEngine:
 
     def _metrics(self, sums: dict, norms: list[float], skipped_zero: bool) -> dict[str, float]:
         packed = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64, device=self.device)
-        total = dict(zip(_SUMS, distributed.all_reduce_sum(packed).tolist()))
+        total = dict(zip(_SUMS, self._sum(packed).tolist()))
         iterations = 1 if skipped_zero else max(1, len(norms))
         finite_norms = [n for n in norms if n == n and abs(n) != float("inf")]
         return {

@@ -8,11 +8,13 @@ One default test runs a real two-process ZeRO-3 step; the other configurations a
 Why these tolerances (fp32 throughout):
 * Gathered weights before any step are copies: exactly equal.
 * Gradients: a two-rank reduce-scatter and a different micro-batch split change the order of
-  fp32 sums, and batch shape changes the kernels (on this model a 1-row forward and the 8-row
-  padded forward differ by up to 1.7e-5 in a log-prob). Measured: whole-gradient relative L2
-  error ~1e-5, worst tensor (a layer-norm weight, whose gradient is a sum with cancellation)
-  ~6e-4, also in one process. We allow 1e-4 and 3e-3. The bugs this must catch are far above:
-  a dropped micro-batch or rank is >= 1/8 relative, a normaliser off by W or by the number of
+  fp32 sums, and the batch shape changes the kernels (a 1-row forward and the 8-row padded one
+  differ by up to 1.7e-5 in a log-prob here). Measured on this batch: relative L2 error of the
+  whole gradient 1.1e-4 for 1-row micro-batches (the same in one process, micro-batches of 1 vs
+  the whole batch; in float64 that comparison gives 1.3e-15, so it is roundoff, not math), and
+  up to 6e-4 for the worst tensor (a layer-norm weight, whose gradient is a sum with
+  cancellation). We allow 5e-4 and 5e-3. The bugs this must catch are far above: a dropped
+  micro-batch or rank is >= 1/8 relative, a normaliser off by W or by the number of
   micro-batches is >= 1/2.
 * One AdamW step: the first update is lr * g / (|g| + eps), about +-lr per entry whatever the
   gradient's scale (so scale bugs are caught by the gradient and grad_norm checks, not here);
@@ -34,7 +36,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "engine_worker.py"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-GRAD_REL_L2, GRAD_TENSOR_REL_L2 = 1e-4, 3e-3
+GRAD_REL_L2, GRAD_TENSOR_REL_L2 = 5e-4, 5e-3
 
 
 def _launch(tmp_path, checks: str, nproc: int = 2, expect_fail: bool = False, **flags) -> dict:

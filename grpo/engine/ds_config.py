@@ -134,7 +134,7 @@ def _agree(section: dict, key: str, ours, why: str, prefix: str = "") -> None:
 
 def _offload(zero: dict, key: str, device: str, nvme_path, pin_memory, nvme_extra) -> dict:
     section = dict(zero.get(key) or {})
-    theirs = section.get("device", "none")
+    theirs = section.get("device", "auto")  # not given: ours
     if theirs not in ("auto", device) and not (theirs is None and device == "none"):
         raise ValueError(f"ds_config['zero_optimization.{key}.device'] = {theirs!r} contradicts "
                          f"the engine's {key}={device!r}")

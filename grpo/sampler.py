@@ -207,6 +207,12 @@ class VLLMSampler:
                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                       gpu_memory_utilization=gpu_memory_utilization,
                       enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs")
+        if not cuda:
+            # Per-request seeds + chunked prefill crash the CPU build: a partly prefilled request
+            # rewinds its torch.Generator offset, which CPU generators don't support ("CPU
+            # Generator does not use offset"). Whole prompts only, and room for the longest.
+            kwargs.update(enable_chunked_prefill=False,
+                          max_num_batched_tokens=max(max_model_len or 0, 8192))
         if kv_cache_memory_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * GiB)
         try:

@@ -1,6 +1,6 @@
 """Step time, peak memory and achieved FLOP/s of the engines on one batch, side by side.
 
-    .venv/bin/python benchmarks/engines.py [--rows 8 --prompt-len 24 --completion-len 48]
+    .venv/bin/python benchmarks/engines.py [--rows 8 --prompt-len 16 --completion-len 32]
 
 Runs, one after another on the same batch (8 rows = 4 prompts x G=2 by default, micro-batches
 of 4, beta = 0.04 so the reference forward is included): TorchEngine in one process with
@@ -141,10 +141,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--role", default="driver", choices=["driver", "worker"])
     p.add_argument("--rows", type=int, default=8)
-    p.add_argument("--prompt-len", type=int, default=24)
-    p.add_argument("--completion-len", type=int, default=48)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--completion-len", type=int, default=32)
     p.add_argument("--micro-batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default=None, help="comma-separated config names")

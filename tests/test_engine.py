@@ -269,3 +269,18 @@ def test_nvme_offload_needs_a_writable_path(tmp_path):
         build_ds_config(offload_optimizer="nvme", nvme_path=str(blocker / "swap"))
     with pytest.raises(ValueError, match="zero_stage=3"):
         build_ds_config(zero_stage=2, offload_param="cpu")
+
+
+def test_bf16_autocast_step_runs_with_fp32_master_weights(tiny_model):
+    """bf16=True autocasts the forward (here on CPU; on GPUs the same code path with "cuda");
+    the weights and optimizer state stay fp32, and log-probs stay within bf16 rounding of fp32."""
+    rollouts, advantages = _batch()
+    fp32 = _engine(tiny_model).policy_logprobs(rollouts)
+    engine = _engine(tiny_model, bf16=True)
+    bf16 = engine.policy_logprobs(rollouts)
+    mask = rollouts.completion_mask.bool()
+    assert (bf16 - fp32)[mask].abs().max() < 0.05  # bf16 has 8 bits of mantissa: ~0.4% per op
+    assert (bf16 - fp32)[mask].abs().max() > 0  # autocast did engage
+    metrics = engine.train_step(rollouts, advantages)
+    assert metrics["skipped_nonfinite"] == 0.0
+    assert all(p.dtype == torch.float32 for p in engine.model.parameters())

@@ -66,6 +66,7 @@ def _port() -> int:
 
 def _assert_step_matches(step: dict, grad_norm_rtol: float = 1e-4) -> None:
     lr = step["lr"]
+    print("max |param diff| vs TorchEngine after one step:", step["max_abs_diff"], "lr", lr)
     assert step["max_abs_diff"] <= lr / 5, step["max_abs_diff"]
     off = step["entries_off_by_lr_over_10"]
     assert off["count"] <= off["total"] * 1e-6, off

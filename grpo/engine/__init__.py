@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
+import torch
 from torch import Tensor
 
 from grpo.rollouts import Rollouts
@@ -15,6 +16,11 @@ from grpo.rollouts import Rollouts
 
 class Engine(Protocol):
     """What a training loop needs from an engine (see docs/architecture.md)."""
+
+    rank: int  # this process's rank (0 in TorchEngine)
+    world_size: int  # data-parallel ranks (1 in TorchEngine)
+    model: torch.nn.Module  # the trainable transformers model (ZeRO-3: partitioned parameters)
+    step: int  # train_step calls so far (what the learning-rate schedule counts)
 
     def train_step(self, rollouts: Rollouts, advantages: Tensor) -> dict[str, float]:
         """One optimizer step (or num_iterations of them) on this batch; returns metrics."""

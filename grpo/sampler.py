@@ -49,6 +49,7 @@ from grpo.rollouts import Rollouts
 __all__ = ["GroupSampler", "HFSampler", "Rollouts", "VLLMSampler"]
 
 GiB = 1 << 30
+_EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 
 
 @runtime_checkable
@@ -223,6 +224,8 @@ class VLLMSampler:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self._required = _checkpoint_names(self.model_path)
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
@@ -277,13 +280,20 @@ class VLLMSampler:
         """Replace the engine's weights in place (checkpoint names, e.g. an HF state dict).
 
         The whole state dict is collected first and reloaded in one call, then the prefix cache
-        is reset (cached KV was computed by the old weights). Extra names (a tied lm_head) are
-        skipped by vLLM; dtypes are converted to the engine's.
+        is reset (cached KV was computed by the old weights). With tied embeddings the
+        embedding is also sent as `lm_head.weight`; dtypes are converted to the engine's.
         """
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before load_weights()")
         start = time.perf_counter()
         weights = _collect_weights(named_tensors, self._required)
+        if self._tied:
+            # Measured on the CPU build: a push without lm_head.weight leaves the output layer's
+            # repacked copy stale (the old embedding), and one with a different lm_head wins
+            # over the embedding. Tied means equal: send the new embedding under both names.
+            emb = [k for k in weights if k.endswith(_EMBEDDING_NAMES)]
+            if len(emb) == 1:
+                weights["lm_head.weight"] = weights[emb[0]]
         if self.tensor_parallel_size > 1:
             self._reload_from_disk(weights)
         else:  # in-process workers: pass the tensors themselves, no copy
@@ -297,7 +307,9 @@ class VLLMSampler:
         from safetensors.torch import save_file
 
         with tempfile.TemporaryDirectory(prefix="grpo-weights-") as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in weights.items()},
+            # clone: safetensors refuses tensors that share memory (views of one buffer)
+            save_file({k: v.cpu().clone(memory_format=torch.contiguous_format)
+                       for k, v in weights.items()},
                       os.path.join(tmp, "model.safetensors"))
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
 

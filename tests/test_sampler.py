@@ -138,13 +138,23 @@ def test_load_weights_changes_outputs_and_originals_restore_them(sampler, hf_mod
     g = torch.Generator().manual_seed(0)
     noisy = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=g) if v.dim() == 2 else v
              for k, v in original.items()}  # noise of half each matrix's own spread
+    noisy.pop("lm_head.weight")  # a push without the tied head must still update it
     sampler.load_weights(noisy.items())
     changed = greedy()
     assert changed != before
+    try:  # the engine now decodes exactly as transformers does with the same noisy weights
+        hf_model.load_state_dict(noisy, strict=False)
+        hf = HFSampler(hf_model, group_size=2, max_tokens=8).sample([prompt], group_size=1,
+                                                                     temperature=0)
+    finally:
+        hf_model.load_state_dict(original)
+    assert sampler.sample([prompt], group_size=1, temperature=0, max_tokens=8
+                          ).completion_ids[0, :4].tolist() == hf.completion_ids[0, :4].tolist()
     sampler.load_weights(original.items())
     assert greedy() == before
     # The path taken with tensor parallelism (workers in other processes): via a safetensors file.
-    sampler._reload_from_disk(noisy)
+    # (load_weights adds the tied head; called directly, we do; the two names share memory)
+    sampler._reload_from_disk({**noisy, "lm_head.weight": noisy["model.embed_tokens.weight"]})
     assert greedy() == changed
     sampler.load_weights(original.items())
     assert sampler.last_load_seconds is not None and sampler.last_load_seconds > 0

@@ -64,7 +64,9 @@ def step_flops(model, rollouts) -> float:
     """Matmul FLOPs of one step (policy forward + backward, reference forward)."""
     cfg = model.config
     embed = cfg.vocab_size * cfg.hidden_size
-    body = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2) - embed
+    # ZeRO-3 leaves empty placeholders in the module; ds_numel / ds_shape are the full sizes.
+    body = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()
+               if len(getattr(p, "ds_shape", p.shape)) == 2) - embed
     tokens = rollouts.input_ids.numel()
     head_tokens = int(rollouts.completion_mask.sum())
     policy = 6 * (body * tokens + embed * head_tokens)

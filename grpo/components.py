@@ -6,6 +6,8 @@ defaults, and so that trainer.py holds the algorithm and not the plumbing.
 
 from __future__ import annotations
 
+import torch
+
 from grpo.config import GRPOConfig
 
 REWARDS = ("format", "countdown", "choice", "math")
@@ -105,7 +107,8 @@ def sampler(config: GRPOConfig, path: str):
         return samplers.HFSampler(path, **common)
     return samplers.VLLMSampler(
         path, **common, dtype="bfloat16" if config.bf16 else "auto",
-        kv_cache_memory_gb=config.vllm_kv_cache_gb, enforce_eager=config.vllm_enforce_eager,
+        # On GPUs gpu_memory_utilization sizes the KV cache; a byte count would override it.
+        kv_cache_memory_gb=None if torch.cuda.is_available() else config.vllm_kv_cache_gb, enforce_eager=config.vllm_enforce_eager,
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         enable_sleep_mode=config.vllm_enable_sleep_mode,
         max_model_len=config.max_prompt_length + config.max_completion_length)

@@ -153,6 +153,15 @@ def _on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (AVX-512 BF16 or AMX); Linux only, else assume yes."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class VLLMSampler:
     """G completions per prompt from an in-process vLLM engine that takes new weights in place.
 
@@ -204,6 +213,8 @@ class VLLMSampler:
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         from vllm import LLM
 
+        if dtype == "auto" and not cuda and not _cpu_has_bf16():
+            dtype = "float32"  # vLLM's CPU default is bf16, emulated (~2x slower) without AVX-512
         kwargs = dict(model=self.model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                       gpu_memory_utilization=gpu_memory_utilization,

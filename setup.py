@@ -14,6 +14,7 @@ BASE = [
     "tqdm",
     "tensorboard",
     "gguf",  # reads the packaged SmolLM2 GGUF file into a Hugging Face directory
+    "matplotlib",  # examples/countdown.py draws the reward and length curves
     "math-verify>=0.9",  # grpo.rewards.math_reward: answer equivalence (pulls sympy, antlr4)
 ]
 

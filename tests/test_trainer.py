@@ -28,12 +28,13 @@ SMALL = dict(
 
 
 def _run(config: dict, out: Path, **popen) -> subprocess.Popen:
-    """The trainer's command line in a child process, as a user runs it."""
+    """A trainer run in a child process (tests/trainer_worker.py: a dense reward)."""
     recipe = out.with_suffix(".yaml")
     recipe.write_text(yaml.safe_dump({**config, "output_dir": str(out)}))
     env = {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_LOGGING_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "grpo.trainer", "--config", str(recipe)],
-                            env=env, **popen)
+    worker = Path(__file__).parent / "trainer_worker.py"
+    return subprocess.Popen([sys.executable, str(worker), "--config", str(recipe)], env=env,
+                            **popen)
 
 
 def _metrics_without_timing(out: Path) -> list[dict]:
@@ -61,6 +62,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     a, b = _metrics_without_timing(tmp_path / "a"), _metrics_without_timing(tmp_path / "b")
     assert [r["step"] for r in a] == [1, 2, 3, 4] and a == b
+    assert all(r["skipped_zero_advantage"] == 0 and r["grad_norm"] > 0 for r in a)
     wa = load_file(tmp_path / "a" / "checkpoint-4" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "checkpoint-4" / "model.safetensors")
     assert wa.keys() == wb.keys()

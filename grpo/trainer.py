@@ -72,16 +72,22 @@ class GRPOTrainer:
             rows = self._prompt_rows(step)
             timer = Timer()
             with timer("time/sample"):
-                rollouts = self.sampler.sample(rows["prompt"], seed=c.seed + step)
+                # Ranks draw different noise; a resumed run redraws exactly the same.
+                rollouts = self.sampler.sample(
+                    rows["prompt"], seed=(c.seed + step) * self.world_size + self.rank)
             with timer("time/reward"):
                 rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
                                           **_repeat(rows, G, exclude=("prompt",)))
             advantages = group_advantages(rewards.total, G, scale=c.scale_rewards)
             if c.mask_truncated_completions:
                 rollouts.completion_mask[rollouts.truncated] = 0
+            if c.vllm_enable_sleep_mode:  # GPU: give vLLM's memory to the train step
+                self.sampler.sleep()
             with timer("time/train"):
                 train_metrics = self.engine.train_step(rollouts, advantages)
             with timer("time/sync"):
+                if c.vllm_enable_sleep_mode:
+                    self.sampler.wake_up()
                 self.sampler.load_weights(self.engine.named_weights())
 
             metrics = self._step_metrics(rollouts, rewards, advantages, train_metrics, timer)

@@ -71,6 +71,23 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     # The run really trained: the weights moved away from the start.
     start = load_file(Path(_model_path()) / "model.safetensors")
     assert any(not torch.equal(wa[n], start[n]) for n in wa if n in start)
+    # The checkpoint is a Hugging Face directory vLLM serves as it is: greedy decoding there
+    # gives the same tokens as transformers on the same directory.
+    from transformers import AutoModelForCausalLM
+
+    from grpo.sampler import VLLMSampler
+
+    ckpt_dir = str(tmp_path / "a" / "checkpoint-4")
+    sampler = VLLMSampler(ckpt_dir, group_size=2, max_tokens=8, enforce_eager=True,
+                          kv_cache_memory_gb=0.25, dtype="float32")
+    out = sampler.sample(["<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"],
+                         group_size=1, temperature=0.0)
+    sampler.close()
+    model = AutoModelForCausalLM.from_pretrained(ckpt_dir)
+    want = model.generate(out.prompt_ids, attention_mask=out.prompt_mask, max_new_tokens=8,
+                          do_sample=False)[0, out.prompt_ids.shape[1]:]
+    n = int(out.completion_mask[0].sum())
+    assert out.completion_ids[0, :n].tolist() == want[:n].tolist()
 
 
 def _model_path() -> str:

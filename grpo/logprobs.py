@@ -53,20 +53,22 @@ class _ChunkedSelectedLogprobs(torch.autograd.Function):
             h = hidden[s:s + chunk_size]
             logits = _chunk_logits(h, weight, bias, temperature, compute_dtype)  # [C, V]
             g = grad_logprobs[s:s + chunk_size, None].to(compute_dtype)  # [C, 1]
-            # d(logit_t - lse)/d logits = onehot(t) - softmax; chain through the 1/temperature.
-            grad_logits = torch.exp(logits - lse[s:s + chunk_size, None]).mul_(-g)
+            # d(logit_t - lse)/d logits = onehot(t) - softmax, in place on the recomputed logits
+            # (each [C, V] pass costs as much as a small matmul on a CPU). The 1/temperature of
+            # the chain rule is applied to the small results instead of the [C, V] block.
+            grad_logits = logits.sub_(lse[s:s + chunk_size, None]).exp_().mul_(-g)
             grad_logits.scatter_add_(1, targets[s:s + chunk_size, None], g)
-            grad_logits.div_(temperature)
             if need_h:
-                grad_hidden[s:s + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(h.dtype)
+                grad_hidden[s:s + chunk_size] = (grad_logits.to(weight.dtype) @ weight).div_(
+                    temperature).to(h.dtype)
             if need_w:
-                grad_weight += grad_logits.T.to(h.dtype) @ h
+                grad_weight.addmm_(grad_logits.T.to(h.dtype), h)
             if need_b:
                 grad_bias += grad_logits.sum(0)
         if need_w:
-            grad_weight = grad_weight.to(weight.dtype)
+            grad_weight = grad_weight.div_(temperature).to(weight.dtype)
         if need_b:
-            grad_bias = grad_bias.to(bias.dtype)
+            grad_bias = grad_bias.div_(temperature).to(bias.dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
@@ -76,7 +78,8 @@ def _chunk_logits(hidden, weight, bias, temperature, compute_dtype) -> Tensor:
     logits = hidden @ weight.T
     if bias is not None:
         logits = logits + bias
-    return logits.to(compute_dtype) / temperature
+    logits = logits.to(compute_dtype)  # a fresh tensor (the matmul's), so in place is safe
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
 def chunked_logprobs(

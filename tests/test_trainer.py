@@ -79,7 +79,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     ckpt_dir = str(tmp_path / "a" / "checkpoint-4")
     sampler = VLLMSampler(ckpt_dir, group_size=2, max_tokens=8, enforce_eager=True,
-                          kv_cache_memory_gb=0.25, dtype="float32")
+                          kv_cache_memory_gb=0.25, dtype="float32", max_model_len=512)
     out = sampler.sample(["<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"],
                          group_size=1, temperature=0.0)
     sampler.close()

@@ -10,7 +10,7 @@ import torch
 
 from grpo.config import GRPOConfig
 
-REWARDS = ("format", "countdown", "choice", "math")
+REWARDS = ("format", "partial_format", "countdown", "choice", "math")
 
 
 def model_path(config: GRPOConfig) -> str:
@@ -70,7 +70,8 @@ def datasets(config: GRPOConfig, tok):
 def reward_set(config: GRPOConfig):
     from grpo import rewards
 
-    funcs = {"format": rewards.format_reward, "countdown": rewards.countdown_reward,
+    funcs = {"format": rewards.format_reward, "partial_format": rewards.partial_format_reward,
+             "countdown": rewards.countdown_reward,
              "choice": rewards.choice_reward, "math": rewards.math_reward}
     unknown = [name for name in config.rewards if name not in funcs]
     if unknown:

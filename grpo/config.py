@@ -41,7 +41,7 @@ class GRPOConfig:
     countdown_target_range: list = field(default_factory=lambda: [10, 100])
     """Inclusive range of the targets."""
     rewards: list = field(default_factory=lambda: ["format", "countdown"])
-    """Reward functions by name: format, countdown, choice, math."""
+    """Reward functions by name: format, partial_format, countdown, choice, math."""
     reward_weights: list | None = None
     """One weight per reward (None: all 1.0)."""
     max_prompt_length: int = 256

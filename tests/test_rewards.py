@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from grpo.rewards import (
     ExpressionError, RewardError, RewardSet, choice_reward, countdown_reward, evaluate_expression,
-    extract_answer, format_reward, math_reward,
+    extract_answer, format_reward, math_reward, partial_format_reward,
 )
 from grpo.rewards.countdown import MAX_DEPTH
 
@@ -47,6 +47,29 @@ def test_format_reward_one_float_per_completion():
     assert format_reward(["<think>a</think>\n<answer>b</answer>", "x", ""]) == [1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="completions must be a list of str"):
         format_reward("<think>a</think>\n<answer>b</answer>")
+
+
+@pytest.mark.parametrize("message, expected", [
+    (PREFILL + " 3 + 4 = 7 </think>\n<answer> 3 + 4 </answer>", 1.0),
+    (PREFILL + " 1 + 2 = 3\n\n<answer>\n1 + 3 = 4\n</answer>", 0.5),  # think never closed
+    (PREFILL + " x </think>\n\nSo the answer is 3 * 3 = 9", 0.25),  # closed think, no answer
+    (PREFILL + " x </think>\n<answer> 3", 0.5),  # joined, answer unclosed
+    ("<think>x</think>\n<answer>y</answer> bye", 0.75),  # text after the answer
+    ("<think>x</think><answer>y</answer>", 0.75),  # no newline between the blocks
+    ("<think>a<think>b</think></think>\n<answer>y</answer>", 0.75),  # nested think
+    ("<answer>y</answer>", 0.5),  # an answer pair with nothing after it, no think block
+    ("no tags at all", 0.0),
+])
+def test_partial_format_reward_hand_cases(message, expected):
+    assert partial_format_reward([message]) == [expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "\n", " ", "x"]),
+                max_size=10))
+def test_partial_format_is_one_exactly_when_format_is(pieces):
+    message = "".join(pieces)
+    assert (partial_format_reward([message]) == [1.0]) == (format_reward([message]) == [1.0])
 
 
 def test_extract_answer_needs_exactly_one_block():

@@ -9,9 +9,10 @@ from grpo.rewards.choice import choice_reward
 from grpo.rewards.countdown import ExpressionError, countdown_reward, evaluate_expression
 from grpo.rewards.math_answer import math_reward
 from grpo.rewards.reward_set import RewardError, RewardOutput, RewardSet
-from grpo.rewards.tags import extract_answer, format_reward
+from grpo.rewards.tags import extract_answer, format_reward, partial_format_reward
 
 __all__ = [
     "ExpressionError", "RewardError", "RewardOutput", "RewardSet", "choice_reward",
     "countdown_reward", "evaluate_expression", "extract_answer", "format_reward", "math_reward",
+    "partial_format_reward",
 ]

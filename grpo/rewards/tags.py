@@ -63,6 +63,34 @@ def format_reward(completions: list[str]) -> list[float]:
     return [1.0 if is_r1_format(text) else 0.0 for text in completions]
 
 
+def partial_format_reward(completions: list[str]) -> list[float]:
+    """0.25 for each of the four rules of the R1 format a message keeps; 1.0 exactly when
+    `format_reward` gives 1.0.
+
+    A dense version of `format_reward` for models that start far from the format (a 135M model
+    almost never writes it whole, so every group scores 0 and GRPO has nothing to compare). The
+    rules, each checked on its own so that a completion earns credit for what it got right:
+    one `<think>` then one `</think>`; one `<answer>` then one `</answer>`; `</think>\n<answer>`
+    (the think block runs straight into the answer); nothing but whitespace after `</answer>`.
+    The idea is open-r1's tag-count reward; the rules are ours, chosen so that all four together
+    are exactly `is_r1_format`.
+    """
+    _check_completions(completions)
+    return [_format_score(text) for text in completions]
+
+
+def _format_score(message: str) -> float:
+    def one_pair(open_tag: str, close_tag: str) -> bool:
+        return (message.count(open_tag) == 1 and message.count(close_tag) == 1
+                and message.find(open_tag) < message.find(close_tag))
+
+    think = one_pair(THINK_OPEN, THINK_CLOSE)
+    answer = one_pair(ANSWER_OPEN, ANSWER_CLOSE)
+    joined = THINK_CLOSE + "\n" + ANSWER_OPEN in message
+    tail = message.rstrip().endswith(ANSWER_CLOSE)
+    return 0.25 * (think + answer + joined + tail)
+
+
 def _check_completions(completions) -> None:
     if isinstance(completions, str) or not isinstance(completions, (list, tuple)):
         raise ValueError(f"completions must be a list of str, got {type(completions).__name__}")

@@ -51,13 +51,15 @@ def test_format_reward_one_float_per_completion():
 
 @pytest.mark.parametrize("message, expected", [
     (PREFILL + " 3 + 4 = 7 </think>\n<answer> 3 + 4 </answer>", 1.0),
-    (PREFILL + " 1 + 2 = 3\n\n<answer>\n1 + 3 = 4\n</answer>", 0.5),  # think never closed
-    (PREFILL + " x </think>\n\nSo the answer is 3 * 3 = 9", 0.25),  # closed think, no answer
-    (PREFILL + " x </think>\n<answer> 3", 0.5),  # joined, answer unclosed
-    ("<think>x</think>\n<answer>y</answer> bye", 0.75),  # text after the answer
-    ("<think>x</think><answer>y</answer>", 0.75),  # no newline between the blocks
-    ("<think>a<think>b</think></think>\n<answer>y</answer>", 0.75),  # nested think
-    ("<answer>y</answer>", 0.5),  # an answer pair with nothing after it, no think block
+    (PREFILL + " 1 + 2 = 3\n\n<answer>\n1 + 3 = 4\n</answer>", 0.6),  # think never closed
+    (PREFILL + " x </think>\n\nSo the answer is 3 * 3 = 9", 0.2),  # closed think, no answer
+    (PREFILL + " x <answer> 3", 0.2),  # an answer opened, nothing else
+    (PREFILL + " x </think>\n<answer> 3", 0.6),  # joined, answer unclosed
+    ("<think>x</think>\n<answer>y</answer> bye", 0.8),  # text after the answer
+    ("<think>x</think><answer>y</answer>", 0.8),  # no newline between the blocks
+    ("<think>a<think>b</think></think>\n<answer>y</answer>", 0.8),  # nested think
+    ("<think>x</think>\n<answer>1</answer><answer>2</answer>", 0.6),  # two answers
+    ("</answer> <answer>", 0.2),  # closed before opened: only "one <answer>" holds
     ("no tags at all", 0.0),
 ])
 def test_partial_format_reward_hand_cases(message, expected):

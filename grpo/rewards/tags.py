@@ -64,31 +64,37 @@ def format_reward(completions: list[str]) -> list[float]:
 
 
 def partial_format_reward(completions: list[str]) -> list[float]:
-    """0.25 for each of the four rules of the R1 format a message keeps; 1.0 exactly when
+    """0.2 for each of the five rules of the R1 format a message keeps; 1.0 exactly when
     `format_reward` gives 1.0.
 
     A dense version of `format_reward` for models that start far from the format (a 135M model
-    almost never writes it whole, so every group scores 0 and GRPO has nothing to compare). The
-    rules, each checked on its own so that a completion earns credit for what it got right:
-    one `<think>` then one `</think>`; one `<answer>` then one `</answer>`; `</think>\n<answer>`
-    (the think block runs straight into the answer); nothing but whitespace after `</answer>`.
-    The idea is open-r1's tag-count reward; the rules are ours, chosen so that all four together
-    are exactly `is_r1_format`.
+    almost never writes it whole, so every group scores 0 and GRPO has nothing to compare). Each
+    rule is checked on its own, so a completion earns credit for what it got right:
+
+    1. one `<answer>`;
+    2. one `</answer>`, after the `<answer>`;
+    3. one `<think>` then one `</think>`;
+    4. `</think>\n<answer>`: the think block runs straight into the answer;
+    5. nothing but whitespace after the last `</answer>`.
+
+    The idea is open-r1's tag-count reward (credit per tag); the rules are ours, chosen so that all
+    five together are exactly `is_r1_format`.
     """
     _check_completions(completions)
     return [_format_score(text) for text in completions]
 
 
 def _format_score(message: str) -> float:
-    def one_pair(open_tag: str, close_tag: str) -> bool:
-        return (message.count(open_tag) == 1 and message.count(close_tag) == 1
-                and message.find(open_tag) < message.find(close_tag))
+    def once(tag: str) -> bool:
+        return message.count(tag) == 1
 
-    think = one_pair(THINK_OPEN, THINK_CLOSE)
-    answer = one_pair(ANSWER_OPEN, ANSWER_CLOSE)
+    answer_open = once(ANSWER_OPEN)
+    answer_close = once(ANSWER_CLOSE) and message.find(ANSWER_OPEN) < message.find(ANSWER_CLOSE)
+    think = (once(THINK_OPEN) and once(THINK_CLOSE)
+             and message.find(THINK_OPEN) < message.find(THINK_CLOSE))
     joined = THINK_CLOSE + "\n" + ANSWER_OPEN in message
     tail = message.rstrip().endswith(ANSWER_CLOSE)
-    return 0.25 * (think + answer + joined + tail)
+    return (answer_open + answer_close + think + joined + tail) / 5
 
 
 def _check_completions(completions) -> None:

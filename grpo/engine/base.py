@@ -20,6 +20,7 @@ reference forward, backward, optimizer step, learning rate). The step:
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -120,8 +121,11 @@ class StepEngine:
         advantages: Tensor,  # [N]
     ) -> dict[str, float]:
         """One GRPO step (num_iterations optimizer updates) on this rank's share of the batch;
-        metrics are averaged over all ranks."""
+        metrics are averaged over all ranks, except this rank's seconds in `time/logprobs` (the
+        no-grad reference and old-policy passes) and `time/update` (forward, backward, step)."""
+        start = time.perf_counter()
         batch = self._prepare(rollouts, advantages)
+        prepared = time.perf_counter()
         self._set_lr(self.current_lr())
         sums = dict.fromkeys(_SUMS, 0.0)
         norms = []
@@ -136,7 +140,10 @@ class StepEngine:
                 sums["nonfinite"] = 1.0
                 break
         self.step += 1
-        return self._metrics(sums, norms, batch.skip_backward)
+        metrics = self._metrics(sums, norms, batch.skip_backward)
+        metrics["time/logprobs"] = prepared - start
+        metrics["time/update"] = time.perf_counter() - prepared
+        return metrics
 
     def _prepare(self, rollouts: Rollouts, advantages: Tensor) -> _Prepared:
         """Checks, the step's normaliser, reference and old log-probs: all before any update."""

@@ -1,0 +1,204 @@
+"""grpo against TRL's GRPOTrainer on the same Countdown work, in one run, with one table.
+
+    .venv/bin/python benchmarks/trl_compare.py --steps 8            # all three runs
+    .venv/bin/python benchmarks/trl_compare.py --steps 8 --runs trl grpo
+
+Runs, one after the other on the same machine, with the settings of recipes/countdown-cpu.yaml
+(the packaged SmolLM2-135M-Instruct, G, prompts per step, completion length, learning rate, beta,
+loss type, temperature, seed; --set KEY=VALUE overrides any of them for all runs):
+
+    trl             TRL's GRPOTrainer, transformers generation, one process (benchmarks/trl_env.sh
+                    builds its venv; TRL's vLLM colocate mode does not run on CPU, see RESULTS.md)
+    grpo            `python -m grpo.trainer`: VLLMSampler + TorchEngine, one process
+    grpo-deepspeed  the same with DeepSpeedEngine (ZeRO-3) on two processes (torchrun, gloo), each
+                    with its own vLLM sampler and half the prompts of a step
+
+Both sides get the same rendered prompt strings (chat template + the R1 prefill) and the same
+reward functions (grpo's, which TRL calls through a thin wrapper). Per step: wall seconds split
+into sampling / rewards / log-probs (no-grad reference and old-policy passes) / update (forward,
+backward, optimizer step) / weight sync; completions per second; the peak memory of the whole
+process tree (sum of PSS, sampled every 0.2 s: vLLM's engine process and every rank included);
+and the mean reward of the first and last steps. The first step (warm-up) is left out of the
+time means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from grpo import components  # noqa: E402
+from grpo.config import GRPOConfig  # noqa: E402
+
+TRL_PYTHON = ROOT / "benchmarks" / ".venv-trl" / "bin" / "python"
+PHASES = ("sample", "reward", "logprobs", "update", "sync")
+
+
+def tree_memory(pid: int) -> float:
+    """Bytes held by a process and all its descendants (PSS: shared pages counted once)."""
+    total = 0
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
+    """Runs cmd to the end; returns the peak memory of its process tree in bytes."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+        peak = [0.0]
+
+        def poll():
+            while proc.poll() is None:
+                peak[0] = max(peak[0], tree_memory(proc.pid))
+                time.sleep(0.2)
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        code = proc.wait()
+        watcher.join()
+    if code != 0:
+        raise SystemExit(f"{cmd[0]} ... failed with exit code {code}; see {log}")
+    return peak[0]
+
+
+def grpo_args(recipe: list[str], out: Path, steps: int) -> list[str]:
+    return [*recipe, "--max_steps", str(steps), "--eval_steps", "0", "--save_steps", "0",
+            "--log_completions_steps", "0", "--report_to", "none", "--output_dir", str(out)]
+
+
+def grpo_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["time/step"] = sum(r[f"time/{k}"] for k in ("sample", "reward", "train", "sync"))
+    return rows
+
+
+def run_grpo(config, recipe, work: Path, steps: int, world: int) -> tuple[list[dict], float]:
+    out = work / f"grpo-{world}"
+    if world == 1:
+        cmd = [sys.executable, "-m", "grpo.trainer", *grpo_args(recipe, out, steps)]
+        env = None
+    else:  # same global batch: each rank takes 1/world of the step's completions
+        accum = config.gradient_accumulation_steps // world
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(world),
+               "-m", "grpo.trainer", *grpo_args(recipe, out, steps), "--engine", "deepspeed",
+               "--gradient_accumulation_steps", str(accum)]
+        env = {"OMP_NUM_THREADS": str(max(1, os.cpu_count() // world))}
+    peak = run(cmd, work / f"grpo-{world}.log", env)
+    return grpo_rows(out), peak
+
+
+def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
+    if not TRL_PYTHON.exists():
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "trl_env.sh")], check=True)
+    tok = components.tokenizer(components.model_path(config))
+    train, _, prefill = components.datasets(config, tok)
+    settings = {
+        "model": components.model_path(config), "output_dir": str(work / "trl"),
+        "metrics": str(work / "trl.jsonl"), "prefill": prefill, "rewards": list(config.rewards),
+        "prompts": train["prompt"], "nums": train["nums"], "target": train["target"],
+        "prompts_per_step": (config.per_device_train_batch_size
+                             * config.gradient_accumulation_steps // config.num_generations),
+        "max_steps": steps, **{k: getattr(config, k) for k in (
+            "seed", "num_generations", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_completion_length", "learning_rate",
+            "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "beta",
+            "loss_type", "eps_low", "eps_high", "temperature", "top_p", "num_iterations",
+            "scale_rewards", "mask_truncated_completions")},
+    }
+    path = work / "trl_settings.json"
+    path.write_text(json.dumps(settings))
+    peak = run([str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_worker.py"), str(path)],
+               work / "trl.log")
+    rows = [json.loads(line) for line in (work / "trl.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["time/train"] = r["time/logprobs"] + r["time/update"]
+    return rows, peak
+
+
+def summary(name: str, rows: list[dict], peak: float, completions: int) -> dict:
+    timed = rows[1:] or rows  # the first step warms up caches and allocators
+    mean = {k: statistics.mean(r.get(f"time/{k}", 0.0) for r in timed) for k in (*PHASES, "step")}
+    k = max(1, len(rows) // 3)
+    return {"run": name, **mean, "completions/s": completions / mean["step"],
+            "peak_gib": peak / 2**30,
+            "reward_first": statistics.mean(r["reward"] for r in rows[:k]),
+            "reward_last": statistics.mean(r["reward"] for r in rows[-k:]), "steps": len(rows)}
+
+
+def table(results: list[dict]) -> str:
+    base = next((r for r in results if r["run"] == "trl"), results[0])
+    lines = ["| run | s/step | sample | reward | log-probs | update | sync | completions/s | "
+             f"vs {base['run']} | peak memory GiB | reward first {{k}} -> last {{k}} steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    k = max(1, base["steps"] // 3)
+    lines[0] = lines[0].replace("{k}", str(k))
+    for r in results:
+        lines.append(
+            f"| {r['run']} | {r['step']:.1f} | {r['sample']:.1f} | {r['reward']:.2f} | "
+            f"{r['logprobs']:.1f} | {r['update']:.1f} | {r['sync']:.1f} | "
+            f"{r['completions/s']:.2f} | {r['completions/s'] / base['completions/s']:.2f}x | "
+            f"{r['peak_gib']:.2f} | {r['reward_first']:.3f} -> {r['reward_last']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--runs", nargs="+", default=["trl", "grpo", "grpo-deepspeed"],
+                        choices=["trl", "grpo", "grpo-deepspeed"])
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "countdown-cpu.yaml"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="GRPOConfig overrides for every run, e.g. --set beta=0.04")
+    parser.add_argument("--workdir", default=None, help="keep logs here (default: a temp dir)")
+    args = parser.parse_args()
+
+    overrides = [x for kv in args.set for x in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
+    recipe = ["--config", args.config, *overrides]
+    config = GRPOConfig.from_args(recipe)
+    completions = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="trl_compare_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{args.steps} steps of {completions} completions "
+          f"({completions // config.num_generations} prompts x G={config.num_generations}, "
+          f"{config.max_completion_length} tokens, lr {config.learning_rate}, beta {config.beta},"
+          f" loss {config.loss_type}, temperature {config.temperature}); logs in {work}")
+
+    results = []
+    for name in args.runs:
+        start = time.perf_counter()
+        if name == "trl":
+            rows, peak = run_trl(config, work, args.steps)
+        else:
+            rows, peak = run_grpo(config, recipe, work, args.steps, 1 if name == "grpo" else 2)
+        results.append(summary(name, rows, peak, completions))
+        print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

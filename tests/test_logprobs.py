@@ -1,10 +1,12 @@
-"""The chunked log-prob path against the naive full log-softmax."""
+"""The chunked log-prob path against the naive full log-softmax; the shared-prompt forward
+against the full one."""
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from grpo.logprobs import chunked_logprobs, naive_logprobs, sequence_logprobs
+from grpo.logprobs import (chunked_logprobs, naive_logprobs, prompt_groups,
+                           sequence_logprobs)
 
 F64 = torch.float64
 
@@ -108,3 +110,123 @@ def test_sequence_logprobs_on_a_left_padded_batch_equals_each_row_alone():
         logits = model(ids).logits[0, len(pr) - 1:-1]  # positions that predict the completion
         assert_close(got[i, :len(co)], naive_logprobs(logits, torch.tensor(co), 0.7))
     assert (got[1, 2] == 0) and (entropy[1, 2] == 0)
+
+
+# ---- the shared-prompt forward (completion_hidden) against the full one ----------------------
+
+def _grouped_batch(prompt_lengths=(5, 3, 7), group_size=3, t=6, seed=0, ragged=True):
+    """Distinct prompts of different lengths (so left padding differs), each repeated
+    `group_size` times (GRPO's groups), with completions of 1..t tokens (right padding) or,
+    not `ragged`, all of t tokens."""
+    g = torch.Generator().manual_seed(seed)
+    p, n = max(prompt_lengths), len(prompt_lengths) * group_size
+    input_ids = torch.zeros(n, p + t, dtype=torch.long)
+    attention = torch.zeros(n, p + t, dtype=torch.long)
+    completion_mask = torch.zeros(n, t, dtype=torch.long)
+    for b, length in enumerate(prompt_lengths):
+        prompt = torch.randint(100, 2000, (length,), generator=g)
+        for row in range(b * group_size, (b + 1) * group_size):
+            c = 1 + (5 * row) % t if ragged else t
+            input_ids[row, p - length:p] = prompt
+            input_ids[row, p:p + c] = torch.randint(100, 2000, (c,), generator=g)
+            attention[row, p - length:p + c] = 1
+            completion_mask[row, :c] = 1
+    return input_ids, attention, completion_mask
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoModelForCausalLM
+
+    from grpo.models import resolve_model
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=torch.float32).eval()
+
+
+@pytest.fixture
+def smollm2_f64(smollm2, monkeypatch):
+    """SmolLM2 in true float64. LlamaRMSNorm computes in float32 whatever its input, so in a
+    .double() model the backward of the shared prompt (one pass fed the sum of G rows' upstream
+    gradients) and of G separate passes differ by fp32 rounding (~1e-6 relative) although the
+    forward values are bit-equal; with the norm in float64 they agree to ~1e-12."""
+    import copy
+
+    from transformers.models.llama import modeling_llama
+
+    def rms_norm(self, x):
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
+                                              + self.variance_epsilon))
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm)
+    return copy.deepcopy(smollm2).to(F64)
+
+
+def test_prompt_groups_by_first_appearance():
+    ids = torch.tensor([[0, 7, 8], [5, 6, 7], [5, 6, 7], [0, 7, 8], [0, 7, 8]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])
+    first, inverse = prompt_groups(ids, mask)
+    # rows 0 and 3 are one prompt; row 4 has its ids but attends to the pad (another prompt)
+    assert first.tolist() == [0, 1, 4] and inverse.tolist() == [0, 1, 1, 0, 2]
+    assert prompt_groups(ids[:2], mask[:2]) is None  # all distinct: the full forward
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [True, False])  # without padding sdpa gets no mask at all
+def test_shared_prompt_logprobs_equal_the_full_forward_in_float32(smollm2, attn, padded,
+                                                                   monkeypatch):
+    monkeypatch.setattr(smollm2.config, "_attn_implementation", attn)
+    input_ids, attention, completion_mask = (_grouped_batch() if padded else
+                                             _grouped_batch((6,), group_size=4, ragged=False))
+    assert attention.all() != padded
+    with torch.no_grad():
+        full, _ = sequence_logprobs(smollm2, input_ids, attention, completion_mask, 0.7,
+                                    share_prompts=False)
+        shared, _ = sequence_logprobs(smollm2, input_ids, attention, completion_mask, 0.7,
+                                      share_prompts=True)
+    assert_close(shared, full, rtol=1e-5, atol=1e-5)  # log-probs of -1 to -40
+    assert (shared[completion_mask == 0] == 0).all()
+
+
+def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward_in_float64(smollm2_f64):
+    model = smollm2_f64
+    input_ids, attention, completion_mask = _grouped_batch((4, 2), group_size=2, t=4)
+    upstream = torch.randn(completion_mask.shape, generator=torch.Generator().manual_seed(1),
+                           dtype=F64)
+    params = list(model.parameters())
+    got = {}
+    for share in (False, True):
+        logprobs, entropy = sequence_logprobs(model, input_ids, attention, completion_mask, 0.7,
+                                              with_entropy=True, share_prompts=share)
+        grads = torch.autograd.grad((logprobs * upstream).sum(), params)
+        got[share] = logprobs.detach(), entropy, grads
+    assert_close(got[True][0], got[False][0], rtol=0, atol=1e-10)
+    assert_close(got[True][1], got[False][1], rtol=0, atol=1e-10)
+    for shared, full in zip(got[True][2], got[False][2]):  # |grad| up to ~100: 1e-10 is 1e-12
+        assert_close(shared, full, rtol=0, atol=1e-10)
+
+
+def test_distinct_prompts_take_the_full_forward(smollm2):
+    input_ids, attention, completion_mask = _grouped_batch(group_size=1)
+    assert prompt_groups(input_ids[:, :7], attention[:, :7]) is None
+    with torch.no_grad():
+        shared, _ = sequence_logprobs(smollm2, input_ids, attention, completion_mask,
+                                      share_prompts=True)
+        full, _ = sequence_logprobs(smollm2, input_ids, attention, completion_mask,
+                                    share_prompts=False)
+    assert_close(shared, full, rtol=0, atol=0)  # the same computation
+
+
+def test_gradient_checkpointing_falls_back_to_the_full_forward(smollm2):
+    """Checkpointed layers drop the KV cache in training mode; sharing must not be taken then."""
+    import copy
+
+    model = copy.deepcopy(smollm2).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    input_ids, attention, completion_mask = _grouped_batch((4, 2), group_size=2, t=4)
+    with torch.no_grad():
+        shared, _ = sequence_logprobs(model, input_ids, attention, completion_mask,
+                                      share_prompts=True)
+        full, _ = sequence_logprobs(smollm2, input_ids, attention, completion_mask,
+                                    share_prompts=False)
+    assert_close(shared, full, rtol=0, atol=0)

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from grpo.logprobs import chunked_logprobs
+from grpo.logprobs import chunked_logprobs, completion_hidden
 from grpo.loss import LOSS_TYPES
 
 SCHEDULES = ("constant", "cosine")
@@ -108,14 +108,14 @@ class LogprobModel(torch.nn.Module):
         temperature: float = 1.0,
         chunk_size: int = 1024,
         with_entropy: bool = False,
+        share_prompts: bool = True,
     ) -> tuple[Tensor, Tensor]:  # logprobs [N, T], entropy [N, T] (zeros when not asked)
         t = completion_mask.shape[1]
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = completion_hidden(self.lm.base_model, input_ids, attention_mask, t,
+                                   share_prompts)  # [N, T, H]
         mask = completion_mask.bool()
-        logprobs, entropy = self.head(hidden[:, -t - 1:-1][mask], input_ids[:, -t:][mask],
-                                      temperature, chunk_size, with_entropy)
+        logprobs, entropy = self.head(hidden[mask], input_ids[:, -t:][mask], temperature,
+                                      chunk_size, with_entropy)
         out = logprobs.new_zeros(mask.shape).masked_scatter(mask, logprobs)
         ent = logprobs.new_zeros(mask.shape)
         if with_entropy:

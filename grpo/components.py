@@ -90,7 +90,8 @@ def engine(config: GRPOConfig, path: str):
         num_iterations=config.num_iterations, eps_low=config.eps_low, eps_high=config.eps_high,
         beta=config.beta, loss_type=config.loss_type,
         max_completion_length=config.max_completion_length, temperature=config.temperature,
-        gradient_checkpointing=config.gradient_checkpointing, bf16=config.bf16)
+        gradient_checkpointing=config.gradient_checkpointing, bf16=config.bf16,
+        share_prompt_forward=config.share_prompt_forward)
     if config.engine == "torch":
         return engines.TorchEngine(path, **kwargs)
     return engines.DeepSpeedEngine(

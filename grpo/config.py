@@ -94,6 +94,10 @@ class GRPOConfig:
     """bf16 autocast for training and bf16 vLLM (GPU); fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    share_prompt_forward: bool = True
+    """Run each group's shared prompt through the model once per micro-batch, not G times (the
+    completions attend to its KV cache): the same log-probs and gradients, less compute. Not
+    taken under gradient_checkpointing (transformers drops the cache in checkpointed layers)."""
 
     # --- engine ---
     engine: str = "torch"

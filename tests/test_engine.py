@@ -32,11 +32,13 @@ def tiny_model(tmp_path_factory) -> str:
     return str(path)
 
 
-def _batch(n=8, seed=0) -> tuple[Rollouts, torch.Tensor]:
+def _batch(n=8, seed=0, shared_prompts=False) -> tuple[Rollouts, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     prompts, completions, logprobs = [], [], []
     for i in range(n):
         prompts.append(torch.randint(2, VOCAB, (2 + i % 3,), generator=g).tolist())
+        if shared_prompts and i % 2:  # groups of G = 2 rows with one prompt
+            prompts[i] = prompts[i - 1]
         length = 1 + (3 * i) % 6  # 1..6 tokens: padding in most rows
         completions.append(torch.randint(2, VOCAB, (length,), generator=g).tolist())
         logprobs.append([-4.0] * length)
@@ -189,8 +191,9 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_model):
         assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
 
 
-def test_logprob_model_equals_sequence_logprobs(tiny_model):
-    rollouts, _ = _batch()
+@pytest.mark.parametrize("shared_prompts", [False, True])
+def test_logprob_model_equals_sequence_logprobs(tiny_model, shared_prompts):
+    rollouts, _ = _batch(shared_prompts=shared_prompts)
     engine = _engine(tiny_model)
     want, want_ent = sequence_logprobs(engine.model, rollouts.input_ids, rollouts.attention_mask,
                                        rollouts.completion_mask, 0.7, 4, True)
@@ -198,6 +201,33 @@ def test_logprob_model_equals_sequence_logprobs(tiny_model):
                                           rollouts.completion_mask, 0.7, 4, True)
     assert_close(got, want, rtol=0, atol=0)
     assert_close(ent, want_ent, rtol=0, atol=0)
+
+
+def test_shared_prompt_forward_takes_the_same_step():
+    """SmolLM2 on tests/engine_batch.py (4 prompts x G = 2, ragged completions), beta > 0 so the
+    reference pass shares too: one step with each prompt run once per group (micro-batches of
+    4 rows = 2 groups, and the whole batch) lands on the full forward's weights."""
+    from engine_batch import make_batch
+
+    rollouts, advantages = make_batch()
+    after = {}
+    for share in (True, False):
+        engine = TorchEngine(None, device="cpu", learning_rate=1e-5, beta=0.04,
+                             micro_batch_size=4, share_prompt_forward=share)
+        grads = _grads(engine, rollouts, advantages)
+        metrics = engine.train_step(rollouts, advantages)
+        after[share] = grads, metrics, {n: p.detach().clone()
+                                        for n, p in engine.model.named_parameters()}
+        del engine
+    (grads, metrics, weights), (want_grads, want_metrics, want) = after[True], after[False]
+    assert metrics["loss"] == pytest.approx(want_metrics["loss"], rel=1e-5)
+    assert metrics["grad_norm"] == pytest.approx(want_metrics["grad_norm"], rel=1e-5)
+    for n in want:  # fp32 sums in another order: a few ulps of the largest entry
+        scale = want_grads[n].abs().max()
+        assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-5 * scale)
+        # AdamW's first update is lr * g / (|g| + eps): where g is ~eps (an embedding row of a
+        # token seen once) fp32 noise in g moves it by up to ~1% of lr (1.3e-7 here).
+        assert_close(weights[n], want[n], rtol=0, atol=1e-6)
 
 
 def test_learning_rate_schedules():

@@ -55,7 +55,8 @@ class StepEngine:
 
     def _init_hparams(self, *, learning_rate, lr_scheduler_type, warmup_steps, max_steps,
                       micro_batch_size, num_iterations, eps_low, eps_high, beta, loss_type,
-                      max_completion_length, temperature, max_grad_norm, logprob_chunk_size):
+                      max_completion_length, temperature, max_grad_norm, logprob_chunk_size,
+                      share_prompt_forward):
         self.loss_fn = GRPOLoss(eps_low=eps_low, eps_high=eps_high, beta=beta,
                                 loss_type=loss_type, max_completion_length=max_completion_length)
         self.learning_rate, self.lr_scheduler_type = learning_rate, lr_scheduler_type
@@ -64,6 +65,7 @@ class StepEngine:
         self.beta, self.temperature = beta, temperature
         self.max_grad_norm = max_grad_norm or 0.0
         self.logprob_chunk_size = logprob_chunk_size
+        self.share_prompt_forward = share_prompt_forward  # grpo.logprobs.completion_hidden
         self.step = 0
 
     # ---- the pieces a subclass supplies -------------------------------------------------

@@ -26,7 +26,8 @@ STATE_DIR = "engine_state"  # the resume state's subfolder inside a saved direct
 
 def check_engine_args(*, learning_rate, weight_decay, adam_betas, max_grad_norm,
                       lr_scheduler_type, warmup_steps, max_steps, micro_batch_size,
-                      num_iterations, loss_type, temperature, logprob_chunk_size) -> None:
+                      num_iterations, loss_type, temperature, logprob_chunk_size,
+                      share_prompt_forward) -> None:
     """Every engine keyword checked before anything is loaded, each error naming its argument."""
     checks = [
         (learning_rate >= 0, "learning_rate must be >= 0", learning_rate),
@@ -47,6 +48,8 @@ def check_engine_args(*, learning_rate, weight_decay, adam_betas, max_grad_norm,
         (loss_type in LOSS_TYPES, f"loss_type must be one of {LOSS_TYPES}", loss_type),
         (temperature > 0, "temperature must be > 0", temperature),
         (logprob_chunk_size >= 1, "logprob_chunk_size must be >= 1", logprob_chunk_size),
+        (isinstance(share_prompt_forward, bool), "share_prompt_forward must be a bool",
+         share_prompt_forward),
     ]
     for ok, message, got in checks:
         if not ok:

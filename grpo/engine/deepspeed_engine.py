@@ -49,7 +49,7 @@ class DeepSpeedEngine(StepEngine):
                  loss_type: str = "grpo", max_completion_length: int | None = None,
                  temperature: float = 1.0, gradient_checkpointing: bool = False,
                  bf16: bool = False, device: str | None = None, logprob_chunk_size: int = 1024,
-                 zero_stage: int = 3, offload_optimizer: str = "none",
+                 share_prompt_forward: bool = True, zero_stage: int = 3, offload_optimizer: str = "none",
                  offload_param: str = "none", nvme_path: str | None = None,
                  ds_config: dict | str | None = None):
         check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
@@ -57,7 +57,8 @@ class DeepSpeedEngine(StepEngine):
                           lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
                           max_steps=max_steps, micro_batch_size=micro_batch_size,
                           num_iterations=num_iterations, loss_type=loss_type,
-                          temperature=temperature, logprob_chunk_size=logprob_chunk_size)
+                          temperature=temperature, logprob_chunk_size=logprob_chunk_size,
+                          share_prompt_forward=share_prompt_forward)
         check_offload(zero_stage, offload_optimizer, offload_param, nvme_path)
         self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
                            warmup_steps=warmup_steps, max_steps=max_steps,
@@ -65,7 +66,8 @@ class DeepSpeedEngine(StepEngine):
                            eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
                            max_completion_length=max_completion_length,
                            temperature=temperature, max_grad_norm=max_grad_norm,
-                           logprob_chunk_size=logprob_chunk_size)
+                           logprob_chunk_size=logprob_chunk_size,
+                           share_prompt_forward=share_prompt_forward)
         self.rank, self.world_size, self.device = distributed.init_distributed(require_group=True)
         if device is not None and torch.device(device).type != self.device.type:
             raise ValueError(f"device={device!r}, but this rank runs on {self.device} (DeepSpeed "
@@ -147,7 +149,8 @@ class DeepSpeedEngine(StepEngine):
 
     def _run(self, engine, batch, with_entropy):
         return engine(batch.input_ids, batch.attention_mask, batch.completion_mask,
-                      self.temperature, self.logprob_chunk_size, with_entropy)
+                      self.temperature, self.logprob_chunk_size, with_entropy,
+                      self.share_prompt_forward)
 
     def _policy_logprobs(self, batch, with_entropy):
         logprobs, entropy = self._run(self.ds, batch, with_entropy)

@@ -46,20 +46,22 @@ class TorchEngine(StepEngine):
                  loss_type: str = "grpo", max_completion_length: int | None = None,
                  temperature: float = 1.0, gradient_checkpointing: bool = False,
                  bf16: bool = False, device: str | None = None,
-                 logprob_chunk_size: int = 1024):
+                 logprob_chunk_size: int = 1024, share_prompt_forward: bool = True):
         check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
                           adam_betas=adam_betas, max_grad_norm=max_grad_norm,
                           lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
                           max_steps=max_steps, micro_batch_size=micro_batch_size,
                           num_iterations=num_iterations, loss_type=loss_type,
-                          temperature=temperature, logprob_chunk_size=logprob_chunk_size)
+                          temperature=temperature, logprob_chunk_size=logprob_chunk_size,
+                          share_prompt_forward=share_prompt_forward)
         self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
                            warmup_steps=warmup_steps, max_steps=max_steps,
                            micro_batch_size=micro_batch_size, num_iterations=num_iterations,
                            eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
                            max_completion_length=max_completion_length,
                            temperature=temperature, max_grad_norm=max_grad_norm,
-                           logprob_chunk_size=logprob_chunk_size)
+                           logprob_chunk_size=logprob_chunk_size,
+                           share_prompt_forward=share_prompt_forward)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rank, self.world_size, self.bf16 = 0, 1, bf16
         self.source = resolve_model(model)
@@ -85,7 +87,7 @@ class TorchEngine(StepEngine):
             logprobs, entropy = sequence_logprobs(
                 model, batch.input_ids, batch.attention_mask, batch.completion_mask,
                 temperature=self.temperature, chunk_size=self.logprob_chunk_size,
-                with_entropy=with_entropy)
+                with_entropy=with_entropy, share_prompts=self.share_prompt_forward)
         return logprobs.float(), entropy
 
     def _policy_logprobs(self, batch, with_entropy):

@@ -118,7 +118,8 @@ def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
     settings = {
         "model": components.model_path(config), "output_dir": str(work / "trl"),
         "metrics": str(work / "trl.jsonl"), "prefill": prefill, "rewards": list(config.rewards),
-        "prompts": train["prompt"], "nums": train["nums"], "target": train["target"],
+        "prompts": list(train["prompt"]), "nums": list(train["nums"]),
+        "target": list(train["target"]),
         "prompts_per_step": (config.per_device_train_batch_size
                              * config.gradient_accumulation_steps // config.num_generations),
         "max_steps": steps, **{k: getattr(config, k) for k in (

@@ -94,7 +94,7 @@ def main(settings_path: str) -> None:
         gradient_accumulation_steps=s["gradient_accumulation_steps"],
         max_completion_length=s["max_completion_length"], max_steps=s["max_steps"],
         learning_rate=s["learning_rate"], lr_scheduler_type=s["lr_scheduler_type"],
-        warmup_ratio=s["warmup_ratio"], weight_decay=s["weight_decay"],
+        warmup_steps=round(s["warmup_ratio"] * s["max_steps"]), weight_decay=s["weight_decay"],
         max_grad_norm=s["max_grad_norm"], beta=s["beta"], loss_type=LOSS_TYPES[s["loss_type"]],
         epsilon=s["eps_low"], epsilon_high=s["eps_high"], temperature=s["temperature"],
         top_p=s["top_p"], num_iterations=s["num_iterations"], scale_rewards=s["scale_rewards"],

@@ -96,8 +96,9 @@ class GRPOConfig:
     """Recompute activations in backward to save memory."""
     share_prompt_forward: bool = True
     """Run each group's shared prompt through the model once per micro-batch, not G times (the
-    completions attend to its KV cache): the same log-probs and gradients, less compute. Not
-    taken under gradient_checkpointing (transformers drops the cache in checkpointed layers)."""
+    completions attend to its KV cache): the same log-probs and gradients, less compute. Saves
+    most when per_device_train_batch_size is a multiple of num_generations; not taken under
+    gradient_checkpointing (transformers drops the cache in checkpointed layers)."""
 
     # --- engine ---
     engine: str = "torch"

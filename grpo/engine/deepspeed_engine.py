@@ -49,9 +49,9 @@ class DeepSpeedEngine(StepEngine):
                  loss_type: str = "grpo", max_completion_length: int | None = None,
                  temperature: float = 1.0, gradient_checkpointing: bool = False,
                  bf16: bool = False, device: str | None = None, logprob_chunk_size: int = 1024,
-                 share_prompt_forward: bool = True, zero_stage: int = 3, offload_optimizer: str = "none",
-                 offload_param: str = "none", nvme_path: str | None = None,
-                 ds_config: dict | str | None = None):
+                 share_prompt_forward: bool = True, zero_stage: int = 3,
+                 offload_optimizer: str = "none", offload_param: str = "none",
+                 nvme_path: str | None = None, ds_config: dict | str | None = None):
         check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
                           adam_betas=adam_betas, max_grad_norm=max_grad_norm,
                           lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
@@ -85,6 +85,11 @@ class DeepSpeedEngine(StepEngine):
         if "nvme" in (offload_optimizer, offload_param):
             _check_async_io()
         self.zero_stage, self.bf16 = zero_stage, bf16
+        if offload_param == "nvme":
+            # The shared-prompt forward runs every layer twice in one forward (prompts, then
+            # completions); DeepSpeed 0.19.8's nvme parameter swapper then runs out of swap
+            # buffers ("Not enough buffers 0 for swapping 1"), so this offload keeps one pass.
+            self.share_prompt_forward = False
         self.source = resolve_model(model)
         self._build(gradient_checkpointing, learning_rate, adam_betas, weight_decay,
                     offload_optimizer != "none")

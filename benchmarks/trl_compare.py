@@ -17,7 +17,7 @@ Both sides get the same rendered prompt strings (chat template + the R1 prefill)
 reward functions (grpo's, which TRL calls through a thin wrapper). Per step: wall seconds split
 into sampling / rewards / log-probs (no-grad reference and old-policy passes) / update (forward,
 backward, optimizer step) / weight sync; completions per second; the peak memory of the whole
-process tree (sum of PSS, sampled every 0.2 s: vLLM's engine process and every rank included);
+process tree (sum of PSS, sampled every second: vLLM's engine process and every rank included);
 and the mean reward of the first and last steps. The first step (warm-up) is left out of the
 time means.
 """
@@ -47,19 +47,24 @@ PHASES = ("sample", "reward", "logprobs", "update", "sync")
 
 
 def tree_memory(pid: int) -> float:
-    """Bytes held by a process and all its descendants (PSS: shared pages counted once)."""
-    total = 0
+    """Bytes held by a process and all its descendants: PSS (shared pages counted once) from
+    /proc/<pid>/smaps_rollup, which the kernel sums (reading the full smaps, as psutil's
+    memory_full_info does, cost the poller most of a core and slowed the runs it measured)."""
     try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
+        root = psutil.Process(pid)
+        pids = [pid] + [c.pid for c in root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0
-    for p in procs:
+    total = 0
+    for p in pids:
         try:
-            info = p.memory_full_info()
-            total += getattr(info, "pss", info.rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            try:
+                total += psutil.Process(p).memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
     return total
 
 
@@ -73,7 +78,7 @@ def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
         def poll():
             while proc.poll() is None:
                 peak[0] = max(peak[0], tree_memory(proc.pid))
-                time.sleep(0.2)
+                time.sleep(1.0)
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
         code = proc.wait()

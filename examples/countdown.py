@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     print("example prompt:\n" + train[0]["prompt"])
 
     # 4. Rewards: each sees the whole assistant message (prefill + completion) and the puzzle.
-    #    The CPU default adds partial_format (0.25 per rule of the format kept): a 135M model
+    #    The CPU default adds partial_format (0.2 per rule of the format kept): a 135M model
     #    almost never writes the whole format at first, and GRPO learns nothing from a group
     #    whose rewards are all equal.
     available = {"format": format_reward, "partial_format": partial_format_reward,

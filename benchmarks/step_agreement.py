@@ -213,7 +213,6 @@ def main() -> None:
     from dataclasses import asdict
 
     from grpo.config import GRPOConfig
-    from grpo.models import load_causal_lm  # noqa: F401  (fail early if grpo is broken)
 
     overrides = [x for kv in args.set for x in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
     config = GRPOConfig.from_args(["--config", args.config, *overrides])

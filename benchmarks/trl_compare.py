@@ -25,6 +25,7 @@ time means.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -101,7 +102,8 @@ def grpo_rows(out: Path) -> list[dict]:
 
 
 def run_grpo(config, recipe, work: Path, steps: int, world: int) -> tuple[list[dict], float]:
-    out = work / f"grpo-{world}"
+    out = work / f"grpo-{world}-seed{config.seed}"
+    recipe = [*recipe, "--seed", str(config.seed)]
     if world == 1:
         cmd = [sys.executable, "-m", "grpo.trainer", *grpo_args(recipe, out, steps)]
         env = None
@@ -111,22 +113,27 @@ def run_grpo(config, recipe, work: Path, steps: int, world: int) -> tuple[list[d
                "-m", "grpo.trainer", *grpo_args(recipe, out, steps), "--engine", "deepspeed",
                "--gradient_accumulation_steps", str(accum)]
         env = {"OMP_NUM_THREADS": str(max(1, os.cpu_count() // world))}
-    peak = run(cmd, work / f"grpo-{world}.log", env)
+    peak = run(cmd, work / f"grpo-{world}-seed{config.seed}.log", env)
     return grpo_rows(out), peak
 
 
 def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
+    from grpo.engine import TorchEngine
+
     if not TRL_PYTHON.exists():
         subprocess.run(["bash", str(ROOT / "benchmarks" / "trl_env.sh")], check=True)
     tok = components.tokenizer(components.model_path(config))
     train, _, prefill = components.datasets(config, tok)
+    name = f"trl-seed{config.seed}"
     settings = {
-        "model": components.model_path(config), "output_dir": str(work / "trl"),
-        "metrics": str(work / "trl.jsonl"), "prefill": prefill, "rewards": list(config.rewards),
-        "prompts": list(train["prompt"]), "nums": list(train["nums"]),
-        "target": list(train["target"]),
+        "model": components.model_path(config), "output_dir": str(work / name),
+        "metrics": str(work / f"{name}.jsonl"), "prefill": prefill,
+        "rewards": list(config.rewards), "prompts": list(train["prompt"]),
+        "nums": list(train["nums"]), "target": list(train["target"]),
         "prompts_per_step": (config.per_device_train_batch_size
                              * config.gradient_accumulation_steps // config.num_generations),
+        # grpo's AdamW betas (TRL's default beta2 is 0.999): the same optimizer on both sides
+        "adam_betas": list(inspect.signature(TorchEngine).parameters["adam_betas"].default),
         "max_steps": steps, **{k: getattr(config, k) for k in (
             "seed", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_completion_length", "learning_rate",
@@ -134,39 +141,53 @@ def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
             "loss_type", "eps_low", "eps_high", "temperature", "top_p", "num_iterations",
             "scale_rewards", "mask_truncated_completions")},
     }
-    path = work / "trl_settings.json"
+    path = work / f"{name}_settings.json"
     path.write_text(json.dumps(settings))
+    metrics = Path(settings["metrics"])
+    metrics.unlink(missing_ok=True)
     peak = run([str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_worker.py"), str(path)],
-               work / "trl.log")
-    rows = [json.loads(line) for line in (work / "trl.jsonl").read_text().splitlines()]
+               work / f"{name}.log")
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     for r in rows:
         r["time/train"] = r["time/logprobs"] + r["time/update"]
     return rows, peak
 
 
-def summary(name: str, rows: list[dict], peak: float, completions: int) -> dict:
-    timed = rows[1:] or rows  # the first step warms up caches and allocators
+def summary(name: str, runs: list[list[dict]], peaks: list[float], completions: int) -> dict:
+    """Time means over every seed's steps but the first (it warms up caches and allocators);
+    the reward of each step averaged over seeds."""
+    timed = [r for rows in runs for r in (rows[1:] or rows)]
     mean = {k: statistics.mean(r.get(f"time/{k}", 0.0) for r in timed) for k in (*PHASES, "step")}
-    k = max(1, len(rows) // 3)
+    steps = min(len(rows) for rows in runs)
+    reward = [statistics.mean(rows[i]["reward"] for rows in runs) for i in range(steps)]
+    k = max(1, steps // 3)
     return {"run": name, **mean, "completions/s": completions / mean["step"],
-            "peak_gib": peak / 2**30,
-            "reward_first": statistics.mean(r["reward"] for r in rows[:k]),
-            "reward_last": statistics.mean(r["reward"] for r in rows[-k:]), "steps": len(rows)}
+            "peak_gib": max(peaks) / 2**30, "reward_first": statistics.mean(reward[:k]),
+            "reward_last": statistics.mean(reward[-k:]), "steps": steps, "seeds": len(runs),
+            "reward_per_step": reward,
+            "reward_per_seed": [[r["reward"] for r in rows[:steps]] for rows in runs]}
 
 
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r["run"] == "trl"), results[0])
-    lines = ["| run | s/step | sample | reward | log-probs | update | sync | completions/s | "
-             f"vs {base['run']} | peak memory GiB | reward first {{k}} -> last {{k}} steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
     k = max(1, base["steps"] // 3)
-    lines[0] = lines[0].replace("{k}", str(k))
+    lines = ["| run | s/step | sample | reward | log-probs | update | sync | completions/s | "
+             f"vs {base['run']} | peak memory GiB | reward first {k} -> last {k} steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['run']} | {r['step']:.1f} | {r['sample']:.1f} | {r['reward']:.2f} | "
             f"{r['logprobs']:.1f} | {r['update']:.1f} | {r['sync']:.1f} | "
             f"{r['completions/s']:.2f} | {r['completions/s'] / base['completions/s']:.2f}x | "
             f"{r['peak_gib']:.2f} | {r['reward_first']:.3f} -> {r['reward_last']:.3f} |")
+    lines += ["", "Mean total reward per step (over seeds; each seed's in brackets):", "",
+              "| step | " + " | ".join(r["run"] for r in results) + " |",
+              "|---|" + "---|" * len(results)]
+    for i in range(min(r["steps"] for r in results)):
+        cells = [f"{r['reward_per_step'][i]:.3f} ("
+                 + ", ".join(f"{seed[i]:.2f}" for seed in r["reward_per_seed"]) + ")"
+                 for r in results]
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -178,6 +199,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "recipes" / "countdown-cpu.yaml"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="GRPOConfig overrides for every run, e.g. --set beta=0.04")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run each library once per seed (default: the recipe's seed); "
+                             "times are pooled, rewards averaged per step")
     parser.add_argument("--workdir", default=None, help="keep logs here (default: a temp dir)")
     args = parser.parse_args()
 
@@ -192,14 +216,23 @@ def main() -> None:
           f"{config.max_completion_length} tokens, lr {config.learning_rate}, beta {config.beta},"
           f" loss {config.loss_type}, temperature {config.temperature}); logs in {work}")
 
+    seeds = args.seeds or [config.seed]
     results = []
     for name in args.runs:
         start = time.perf_counter()
-        if name == "trl":
-            rows, peak = run_trl(config, work, args.steps)
-        else:
-            rows, peak = run_grpo(config, recipe, work, args.steps, 1 if name == "grpo" else 2)
-        results.append(summary(name, rows, peak, completions))
+        runs, peaks = [], []
+        for seed in seeds:
+            seeded = GRPOConfig.from_args([*recipe, "--seed", str(seed)])
+            if name == "trl":
+                rows, peak = run_trl(seeded, work, args.steps)
+            else:
+                rows, peak = run_grpo(seeded, recipe, work, args.steps,
+                                      1 if name == "grpo" else 2)
+            runs.append(rows)
+            peaks.append(peak)
+            print(f"{name} seed {seed}: rewards {[round(r['reward'], 3) for r in rows]}",
+                  flush=True)
+        results.append(summary(name, runs, peaks, completions))
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
         (work / "results.json").write_text(json.dumps(results, indent=1))
     print()

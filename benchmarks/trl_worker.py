@@ -100,6 +100,7 @@ def main(settings_path: str) -> None:
         top_p=s["top_p"], num_iterations=s["num_iterations"], scale_rewards=s["scale_rewards"],
         mask_truncated_completions=s["mask_truncated_completions"], use_vllm=False,
         use_bias_correction_kl=False,  # DeepSeekMath's k3, as grpo (see loss_agreement.py)
+        adam_beta1=s["adam_betas"][0], adam_beta2=s["adam_betas"][1],  # grpo's AdamW
     )
     assert args.generation_batch_size == completions_per_step, args.generation_batch_size
     trainer = GRPOTrainer(model=s["model"], args=args, train_dataset=dataset,

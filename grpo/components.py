@@ -110,7 +110,8 @@ def sampler(config: GRPOConfig, path: str):
     return samplers.VLLMSampler(
         path, **common, dtype="bfloat16" if config.bf16 else "auto",
         # On GPUs gpu_memory_utilization sizes the KV cache; a byte count would override it.
-        kv_cache_memory_gb=None if torch.cuda.is_available() else config.vllm_kv_cache_gb, enforce_eager=config.vllm_enforce_eager,
+        kv_cache_memory_gb=None if torch.cuda.is_available() else config.vllm_kv_cache_gb,
+        enforce_eager=config.vllm_enforce_eager,
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         enable_sleep_mode=config.vllm_enable_sleep_mode,
         max_model_len=config.max_prompt_length + config.max_completion_length)

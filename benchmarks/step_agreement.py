@@ -35,14 +35,12 @@ def make_rollouts(config, work: Path) -> dict:
     """One step's prompts (the trainer's own choice for step 0) and G sampled completions each."""
     from grpo import components
     from grpo.hf_sampler import HFSampler
-    from grpo.trainer import GRPOTrainer
+    from grpo.trainer import prompt_indices
 
     path = components.model_path(config)
     tok = components.tokenizer(path)
     train, _, prefill = components.datasets(config, tok)
-    picker = GRPOTrainer.__new__(GRPOTrainer)  # only for _prompt_rows: no engine, no sampler
-    picker.config, picker.train_dataset, picker.rank, picker.world_size = config, train, 0, 1
-    rows = picker._prompt_rows(0)
+    rows = train[prompt_indices(0, len(train), config.prompts_per_step, config.seed)]
     sampler = HFSampler(path, config.num_generations, config.max_completion_length,
                         temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     rollouts = sampler.sample(rows["prompt"], seed=config.seed)

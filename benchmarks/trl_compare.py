@@ -13,8 +13,10 @@ loss type, temperature, seed; --set KEY=VALUE overrides any of them for all runs
     grpo-deepspeed  the same with DeepSpeedEngine (ZeRO-3) on two processes (torchrun, gloo), each
                     with its own vLLM sampler and half the prompts of a step
 
-Both sides get the same rendered prompt strings (chat template + the R1 prefill) and the same
-reward functions (grpo's, which TRL calls through a thin wrapper). Per step: wall seconds split
+Both sides get the same rendered prompt strings (chat template + the R1 prefill), the same
+puzzles at each step (grpo's order; TRL's dataset is handed over in that order and not shuffled,
+which the script checks) and the same reward functions (grpo's, which TRL calls through a thin
+wrapper). What still differs between the runs is the sampling noise. Per step: wall seconds split
 into sampling / rewards / log-probs (no-grad reference and old-policy passes) / update (forward,
 backward, optimizer step) / weight sync; completions per second; the peak memory of the whole
 process tree (sum of PSS, sampled every second: vLLM's engine process and every rank included);
@@ -42,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from grpo import components  # noqa: E402
 from grpo.config import GRPOConfig  # noqa: E402
+from grpo.trainer import prompt_indices  # noqa: E402
 
 TRL_PYTHON = ROOT / "benchmarks" / ".venv-trl" / "bin" / "python"
 PHASES = ("sample", "reward", "logprobs", "update", "sync")
@@ -124,12 +127,16 @@ def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
         subprocess.run(["bash", str(ROOT / "benchmarks" / "trl_env.sh")], check=True)
     tok = components.tokenizer(components.model_path(config))
     train, _, prefill = components.datasets(config, tok)
+    # The puzzles grpo's trainer takes at each step, in that order (TRL keeps it: no shuffle)
+    order = [i for step in range(steps)
+             for i in prompt_indices(step, len(train), config.prompts_per_step, config.seed)]
+    rows = train[order]
     name = f"trl-seed{config.seed}"
     settings = {
         "model": components.model_path(config), "output_dir": str(work / name),
         "metrics": str(work / f"{name}.jsonl"), "prefill": prefill,
-        "rewards": list(config.rewards), "prompts": list(train["prompt"]),
-        "nums": list(train["nums"]), "target": list(train["target"]),
+        "rewards": list(config.rewards), "prompts": list(rows["prompt"]),
+        "nums": list(rows["nums"]), "target": list(rows["target"]),
         "prompts_per_step": (config.per_device_train_batch_size
                              * config.gradient_accumulation_steps // config.num_generations),
         # grpo's AdamW betas (TRL's default beta2 is 0.999): the same optimizer on both sides
@@ -147,10 +154,21 @@ def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
     metrics.unlink(missing_ok=True)
     peak = run([str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_worker.py"), str(path)],
                work / f"{name}.log")
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    for r in rows:
+    out = [json.loads(line) for line in metrics.read_text().splitlines()]
+    per_step = config.prompts_per_step
+    for step, r in enumerate(out):
         r["time/train"] = r["time/logprobs"] + r["time/update"]
-    return rows, peak
+        want = [t for t in settings["target"][step * per_step:(step + 1) * per_step]
+                for _ in range(config.num_generations)]
+        if r.get("targets") is not None and sorted(r["targets"]) != sorted(want):
+            raise SystemExit(f"TRL's step {step + 1} trained on targets {sorted(set(r['targets']))}"
+                             f", grpo's on {sorted(set(want))}: not the same puzzles")
+    return out, peak
+
+
+def _length(row: dict) -> float:
+    """Mean completion tokens of a step (grpo's and TRL's metric names)."""
+    return row.get("completion_length/mean", row.get("completions/mean_length", float("nan")))
 
 
 def summary(name: str, runs: list[list[dict]], peaks: list[float], completions: int) -> dict:
@@ -160,11 +178,12 @@ def summary(name: str, runs: list[list[dict]], peaks: list[float], completions: 
     mean = {k: statistics.mean(r.get(f"time/{k}", 0.0) for r in timed) for k in (*PHASES, "step")}
     steps = min(len(rows) for rows in runs)
     reward = [statistics.mean(rows[i]["reward"] for rows in runs) for i in range(steps)]
+    length = [statistics.mean(_length(rows[i]) for rows in runs) for i in range(steps)]
     k = max(1, steps // 3)
     return {"run": name, **mean, "completions/s": completions / mean["step"],
             "peak_gib": max(peaks) / 2**30, "reward_first": statistics.mean(reward[:k]),
             "reward_last": statistics.mean(reward[-k:]), "steps": steps, "seeds": len(runs),
-            "reward_per_step": reward,
+            "reward_per_step": reward, "length_per_step": length,
             "reward_per_seed": [[r["reward"] for r in rows[:steps]] for rows in runs]}
 
 
@@ -180,13 +199,14 @@ def table(results: list[dict]) -> str:
             f"{r['logprobs']:.1f} | {r['update']:.1f} | {r['sync']:.1f} | "
             f"{r['completions/s']:.2f} | {r['completions/s'] / base['completions/s']:.2f}x | "
             f"{r['peak_gib']:.2f} | {r['reward_first']:.3f} -> {r['reward_last']:.3f} |")
-    lines += ["", "Mean total reward per step (over seeds; each seed's in brackets):", "",
-              "| step | " + " | ".join(r["run"] for r in results) + " |",
-              "|---|" + "---|" * len(results)]
+    lines += ["", "Mean total reward per step over seeds (each seed's in brackets), and mean "
+              "completion tokens:", "",
+              "| step | " + " | ".join(f"{r['run']} reward | tokens" for r in results) + " |",
+              "|---|" + "---|---|" * len(results)]
     for i in range(min(r["steps"] for r in results)):
         cells = [f"{r['reward_per_step'][i]:.3f} ("
-                 + ", ".join(f"{seed[i]:.2f}" for seed in r["reward_per_seed"]) + ")"
-                 for r in results]
+                 + ", ".join(f"{seed[i]:.2f}" for seed in r["reward_per_seed"])
+                 + f") | {r['length_per_step'][i]:.0f}" for r in results]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,9 +1,10 @@
 """TRL's GRPOTrainer on the benchmark's Countdown settings, timed per step (run by trl_compare.py).
 
 Runs under benchmarks/.venv-trl/bin/python (TRL is not a dependency of grpo). Reads the settings
-JSON that trl_compare.py writes (the same prompts, rewards and hyper-parameters grpo runs with)
+JSON that trl_compare.py writes (the same prompts, rewards and hyper-parameters grpo runs with;
+the prompts in the order grpo's trainer visits them, which TRL keeps with shuffle_dataset=False)
 and writes one JSON line per optimizer step: wall seconds split into sampling / rewards /
-log-probs / update, the step's completions, and TRL's logged rewards.
+log-probs / update, the step's completions and puzzle targets, and TRL's logged rewards.
 
 What is timed, by wrapping TRL 1.16's own methods (names checked at start):
     sampling  `_generate`                       (transformers `generate`, no vLLM on CPU)
@@ -31,12 +32,15 @@ REWARDS = {"format": format_reward, "partial_format": partial_format_reward,
            "countdown": countdown_reward}
 
 
-def trl_reward(name: str, prefill: str):
+def trl_reward(name: str, prefill: str, seen_targets: list | None = None):
     """grpo's reward as a TRL reward function: TRL passes the generated text only, grpo's
-    rewards read the whole assistant message (prefill + completion)."""
+    rewards read the whole assistant message (prefill + completion). `seen_targets` collects
+    each call's puzzle targets (one per completion), to check which puzzles TRL trained on."""
     func = REWARDS[name]
 
     def reward(completions, nums, target, **_):
+        if seen_targets is not None:
+            seen_targets.append(list(target))
         messages = [prefill + c for c in completions]
         if name == "countdown":
             return func(messages, nums=nums, target=target)
@@ -49,8 +53,8 @@ def trl_reward(name: str, prefill: str):
 class StepTimes(TrainerCallback):
     """Wall time between optimizer steps, with the phase seconds accumulated in between."""
 
-    def __init__(self, out: Path, completions_per_step: int):
-        self.out, self.per_step = out, completions_per_step
+    def __init__(self, out: Path, completions_per_step: int, seen_targets: list):
+        self.out, self.per_step, self.seen_targets = out, completions_per_step, seen_targets
         self.phases = dict.fromkeys(("sample", "reward", "logprobs"), 0.0)
         self.logged: dict = {}
         self.start = None
@@ -67,6 +71,7 @@ class StepTimes(TrainerCallback):
         now = time.perf_counter()
         total = now - self.start
         row = {"step": state.global_step, "time/step": total, "completions": self.per_step,
+               "targets": self.seen_targets[-1] if self.seen_targets else None,
                **{f"time/{k}": v for k, v in self.phases.items()},
                "time/update": total - sum(self.phases.values())}
         self.pending = row
@@ -99,13 +104,16 @@ def main(settings_path: str) -> None:
         epsilon=s["eps_low"], epsilon_high=s["eps_high"], temperature=s["temperature"],
         top_p=s["top_p"], num_iterations=s["num_iterations"], scale_rewards=s["scale_rewards"],
         mask_truncated_completions=s["mask_truncated_completions"], use_vllm=False,
+        shuffle_dataset=False,  # the prompts come in grpo's order: the same puzzles each step
         use_bias_correction_kl=False,  # DeepSeekMath's k3, as grpo (see loss_agreement.py)
         adam_beta1=s["adam_betas"][0], adam_beta2=s["adam_betas"][1],  # grpo's AdamW
     )
     assert args.generation_batch_size == completions_per_step, args.generation_batch_size
+    seen_targets: list = []
     trainer = GRPOTrainer(model=s["model"], args=args, train_dataset=dataset,
-                          reward_funcs=[trl_reward(n, s["prefill"]) for n in s["rewards"]])
-    timer = StepTimes(Path(s["metrics"]), completions_per_step)
+                          reward_funcs=[trl_reward(n, s["prefill"], seen_targets if i == 0 else None)
+                                        for i, n in enumerate(s["rewards"])])
+    timer = StepTimes(Path(s["metrics"]), completions_per_step, seen_targets)
     trainer.add_callback(timer)
 
     def timed(name: str, phase, when=lambda: True):

@@ -116,16 +116,10 @@ class GRPOTrainer:
             self.save(step)
 
     def _prompt_rows(self, step: int) -> dict[str, list]:
-        """This rank's prompts for `step`: a fixed slice of a seeded permutation per epoch."""
-        c, n = self.config, len(self.train_dataset)
-        per_step = c.prompts_per_step * self.world_size
-        first = step * per_step + self.rank * c.prompts_per_step
-        indices = []
-        for position in range(first, first + c.prompts_per_step):
-            epoch, offset = divmod(position, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(c.seed + epoch))
-            indices.append(int(order[offset]))
-        return self.train_dataset[indices]
+        c = self.config
+        return self.train_dataset[prompt_indices(step, len(self.train_dataset),
+                                                 c.prompts_per_step, c.seed, self.rank,
+                                                 self.world_size)]
 
     def _step_metrics(self, rollouts, rewards, advantages, train_metrics, timer) -> dict:
         lengths = rollouts.completion_lengths.float()
@@ -184,6 +178,21 @@ class GRPOTrainer:
                                       weights_only=False))
         self.sampler.load_weights(self.engine.named_weights())
         return int(state["step"])
+
+
+def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,
+                   rank: int = 0, world_size: int = 1) -> list[int]:
+    """Dataset rows that `rank` trains on at `step`: a fixed slice of a permutation of the
+    dataset seeded with seed + epoch. The step's prompts over all ranks are the same for any
+    world size (rank r takes the r-th slice), so 1 and 2 processes see the same puzzles."""
+    per_step = prompts_per_step * world_size
+    first = step * per_step + rank * prompts_per_step
+    indices = []
+    for position in range(first, first + prompts_per_step):
+        epoch, offset = divmod(position, num_prompts)
+        order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + epoch))
+        indices.append(int(order[offset]))
+    return indices
 
 
 def _repeat(rows: dict[str, list], times: int, exclude=()) -> dict[str, list]:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from grpo.checkpoint import latest_checkpoint
 from grpo.config import GRPOConfig
 from grpo.tracking import read_metrics
+from grpo.trainer import prompt_indices
 
 SMALL = dict(
     num_train=40, num_test=4, countdown_num_numbers=[3], countdown_number_range=[1, 10],
@@ -40,6 +41,17 @@ def _run(config: dict, out: Path, **popen) -> subprocess.Popen:
 def _metrics_without_timing(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_second"}
             for row in read_metrics(out)]
+
+
+def test_prompt_order_is_a_permutation_per_epoch_and_the_same_for_any_world_size():
+    # 10 prompts, 2 per step: steps 0-4 are epoch 0, steps 5-9 epoch 1
+    one = [prompt_indices(step, 10, 2, seed=7) for step in range(10)]
+    epoch0, epoch1 = sum(one[:5], []), sum(one[5:], [])
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10))
+    assert epoch0 != epoch1  # each epoch its own order (seed + epoch)
+    for step in range(10):  # two ranks with 1 prompt each cover the same 2 prompts, in order
+        assert [prompt_indices(step, 10, 1, 7, rank, 2)[0] for rank in (0, 1)] == one[step]
+    assert prompt_indices(0, 10, 2, seed=8) != one[0] or prompt_indices(1, 10, 2, 8) != one[1]
 
 
 @pytest.mark.slow

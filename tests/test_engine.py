@@ -290,6 +290,19 @@ def test_ds_config_fills_auto_and_keeps_tuning():
     assert config["zero_optimization"]["stage3_max_live_parameters"] == 7
 
 
+def test_zero_buckets_are_sized_from_the_hidden_size_unless_given():
+    from grpo.engine.ds_config import size_buckets
+
+    user = {"zero_optimization": {"stage3_prefetch_bucket_size": 123,
+                                  "stage3_param_persistence_threshold": "auto"}}
+    zero = size_buckets(build_ds_config(zero_stage=3, ds_config=user), 576)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 331_776  # 576^2
+    assert zero["stage3_prefetch_bucket_size"] == 123  # the user's own
+    assert zero["stage3_param_persistence_threshold"] == 5_760  # "auto": 10 x 576
+    zero2 = size_buckets(build_ds_config(zero_stage=2), 576)["zero_optimization"]
+    assert zero2["reduce_bucket_size"] == 331_776 and "stage3_prefetch_bucket_size" not in zero2
+
+
 def test_nvme_offload_needs_a_writable_path(tmp_path):
     with pytest.raises(ValueError, match="nvme_path"):
         build_ds_config(offload_param="nvme")

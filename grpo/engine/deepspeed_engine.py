@@ -32,7 +32,8 @@ from grpo import distributed
 from grpo.engine.base import StepEngine
 from grpo.engine.common import (STATE_DIR, LogprobModel, check_engine_args, weight_names,
                                 write_hf_directory)
-from grpo.engine.ds_config import build_ds_config, check_offload, reference_config
+from grpo.engine.ds_config import (build_ds_config, check_offload, reference_config,
+                                   size_buckets)
 from grpo.engine.torch_engine import load_causal_lm
 from grpo.models import resolve_model
 
@@ -91,6 +92,7 @@ class DeepSpeedEngine(StepEngine):
             # buffers ("Not enough buffers 0 for swapping 1"), so this offload keeps one pass.
             self.share_prompt_forward = False
         self.source = resolve_model(model)
+        size_buckets(self.config, _hidden_size(self.source))
         self._build(gradient_checkpointing, learning_rate, adam_betas, weight_decay,
                     offload_optimizer != "none")
 
@@ -240,3 +242,11 @@ def _check_async_io() -> None:
     if builder is None or not builder.is_compatible(verbose=False):
         raise RuntimeError("nvme offload needs DeepSpeed's async_io op, which needs libaio "
                            "(apt-get install -y libaio-dev; scripts/setup.sh does it)")
+
+
+def _hidden_size(path: str) -> int | None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    config = getattr(config, "text_config", config)  # multimodal configs nest the LM's
+    return getattr(config, "hidden_size", None)

@@ -99,6 +99,24 @@ def build_ds_config(*, zero_stage: int = 3, offload_optimizer: str = "none",
     return user
 
 
+def size_buckets(config: dict, hidden_size: int | None) -> dict:
+    """ZeRO bucket sizes the user left out (or "auto"), from the model's hidden size h, as
+    Hugging Face's DeepSpeed integration fills "auto": reduce bucket h^2, stage-3 prefetch bucket
+    0.9 h^2, persistence threshold 10 h. DeepSpeed's fixed defaults (a 5e8-element reduce bucket,
+    2 GB in fp32) cost SmolLM2-135M on two CPU ranks 1.5 GB of 11 (benchmarks/RESULTS.md)."""
+    if not hidden_size:
+        return config
+    zero = config["zero_optimization"]
+    sized = {"reduce_bucket_size": hidden_size ** 2}
+    if zero.get("stage") == 3:
+        sized.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size ** 2),
+                     stage3_param_persistence_threshold=10 * hidden_size)
+    for key, value in sized.items():
+        if zero.get(key, "auto") == "auto":
+            zero[key] = value
+    return config
+
+
 def reference_config(policy_config: dict) -> dict:
     """ZeRO-3 inference config for the frozen reference: the policy's parameter sharding and
     offload, no optimizer (nvme swap files in a subfolder of their own)."""

@@ -14,6 +14,9 @@ How it differs from a stock DeepSpeed loop, and why:
   under ZeRO-2 it is a plain replicated copy. None at all when beta == 0.
 * The output projection runs inside a module (`LogprobModel`), since ZeRO-3 only gathers a
   weight within the forward/backward of a module that owns it.
+* ZeRO's bucket sizes that the user's ds_config leaves out are sized from the model's hidden
+  size (Hugging Face's "auto" rule, `ds_config.size_buckets`), not DeepSpeed's fixed defaults,
+  whose 5e8-element reduce bucket alone is 2 GB in fp32.
 * offload_optimizer="nvme" with more than one rank is refused: in DeepSpeed 0.19.8 it gives
   wrong gradients for some MLP weights (step-1 loss 0.5868 instead of 0.4929 here; exact with
   one rank; cf. deepspeedai/DeepSpeed#2272). Use cpu, or one rank.

@@ -108,7 +108,8 @@ def sampler(config: GRPOConfig, path: str):
     if config.sampler == "hf":
         return samplers.HFSampler(path, **common)
     return samplers.VLLMSampler(
-        path, **common, dtype="bfloat16" if config.bf16 else "auto",
+        path, **common,
+        dtype="bfloat16" if config.bf16 and config.vllm_dtype == "auto" else config.vllm_dtype,
         # On GPUs gpu_memory_utilization sizes the KV cache; a byte count would override it.
         kv_cache_memory_gb=None if torch.cuda.is_available() else config.vllm_kv_cache_gb,
         enforce_eager=config.vllm_enforce_eager,

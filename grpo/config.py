@@ -117,6 +117,11 @@ class GRPOConfig:
     # --- sampler ---
     sampler: str = "vllm"
     """"vllm" or "hf" (transformers generate)."""
+    vllm_dtype: str = "auto"
+    """vLLM's weights and compute. "auto": bf16 when `bf16` is set, else vLLM's own choice, which
+    on a CPU with native bf16 (AVX-512 BF16, AMX) is bf16 and on other CPUs fp32 (grpo's rule:
+    emulated bf16 is slower). "float32" / "bfloat16" force it (fp32 samples exactly the policy
+    an fp32 trainer scores; see benchmarks/RESULTS.md)."""
     vllm_kv_cache_gb: float = 1.0
     """KV cache of the CPU build (its default would reserve most of the machine's memory)."""
     vllm_gpu_memory_utilization: float = 0.3
@@ -153,6 +158,7 @@ class GRPOConfig:
                        scale_rewards=("group", "batch", "none"),
                        lr_scheduler_type=("constant", "cosine"), engine=("torch", "deepspeed"),
                        sampler=("vllm", "hf"), report_to=("tensorboard", "none"),
+                       vllm_dtype=("auto", "float32", "bfloat16"),
                        offload_optimizer=("none", "cpu", "nvme"),
                        offload_param=("none", "cpu", "nvme"))
         for name, allowed in choices.items():

@@ -30,6 +30,7 @@ def test_unknown_key_names_it_and_suggests_the_closest():
     (dict(reward_weights=[1.0]), "reward_weights has 1 entries but rewards has 2"),
     (dict(offload_param="nvme"), "nvme_path"),
     (dict(zero_stage=1), "zero_stage"),
+    (dict(vllm_dtype="fp16"), "vllm_dtype must be one of"),
 ])
 def test_contradictory_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -225,9 +225,13 @@ def test_shared_prompt_forward_takes_the_same_step():
     for n in want:  # fp32 sums in another order: a few ulps of the largest entry
         scale = want_grads[n].abs().max()
         assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-5 * scale)
-        # AdamW's first update is lr * g / (|g| + eps): where g is ~eps (an embedding row of a
-        # token seen once) fp32 noise in g moves it by up to ~1% of lr (1.3e-7 here).
-        assert_close(weights[n], want[n], rtol=0, atol=1e-6)
+        # AdamW's first update is lr * g / (|g| + eps), eps = 1e-8: ~lr * sign(g) wherever
+        # |g| >> eps, so those entries must agree to 0.1 lr. Where |g| is within 100 eps of 0
+        # (an embedding row of a token seen once) the fp32 noise in g, up to 1e-5 of the largest
+        # entry, can move the update anywhere in (-lr, lr): seen 0.15 lr on 1 of 884736 entries.
+        determined = want_grads[n].abs() > 100 * 1e-8
+        assert_close(weights[n][determined], want[n][determined], rtol=0, atol=1e-6)
+        assert_close(weights[n], want[n], rtol=0, atol=2e-5)  # 2 lr: AdamW's bound
 
 
 def test_learning_rate_schedules():

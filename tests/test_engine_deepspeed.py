@@ -67,7 +67,10 @@ def _port() -> int:
 def _assert_step_matches(step: dict, grad_norm_rtol: float = 1e-4) -> None:
     lr = step["lr"]
     print("max |param diff| vs TorchEngine after one step:", step["max_abs_diff"], "lr", lr)
-    assert step["max_abs_diff"] <= lr / 5, step["max_abs_diff"]
+    # AdamW's first update is ~lr * sign(g) except where |g| is near its eps (1e-8), and there
+    # fp32 noise in g can move it anywhere in (-lr, lr): a handful of entries may differ by a
+    # fraction of lr (seen: 3 of 163M by > lr/10, the largest 0.22 lr), none by more than 2 lr.
+    assert step["max_abs_diff"] <= 2 * lr, step["max_abs_diff"]
     off = step["entries_off_by_lr_over_10"]
     assert off["count"] <= off["total"] * 1e-6, off
     got, want = step["metrics"], step["ref_metrics"]

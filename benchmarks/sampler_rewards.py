@@ -34,24 +34,19 @@ from grpo.trainer import prompt_indices  # noqa: E402
 
 
 def draw(name: str, config: GRPOConfig, path: str, prompts: list[str], G: int, seed: int):
-    from grpo.hf_sampler import HFSampler
-    from grpo.sampler import VLLMSampler
-
-    common = dict(group_size=G, max_tokens=config.max_completion_length,
-                  temperature=config.temperature, top_p=config.top_p, seed=seed)
-    if name == "hf":
-        sampler = HFSampler(path, **common)
-    else:
-        sampler = VLLMSampler(path, **common, dtype=name.split("-")[1],
-                              kv_cache_memory_gb=config.vllm_kv_cache_gb,
-                              enforce_eager=config.vllm_enforce_eager)
+    """Sampler `name` ("hf", "vllm-auto", "vllm-float32", ...) as the trainer builds it."""
+    sampler_kind, _, dtype = name.partition("-")
+    config = GRPOConfig.from_dict({
+        **config.to_dict(), "sampler": sampler_kind, "vllm_dtype": dtype or "auto", "seed": seed,
+        "num_generations": G, "per_device_train_batch_size": G,
+        "gradient_accumulation_steps": 1})
+    sampler = components.sampler(config, path)
     start = time.perf_counter()
     # In chunks of the recipe's step size (2 prompts), as the trainer calls it.
     chunks = [sampler.sample(prompts[i:i + 2], seed=seed * 1000 + i)
               for i in range(0, len(prompts), 2)]
     seconds = time.perf_counter() - start
-    if hasattr(sampler, "close"):
-        sampler.close()
+    sampler.close()
     del sampler
     gc.collect()
     texts = [t for r in chunks for t in r.texts]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler import _check_settings, _check_call, _tokenize, _collect_weights
+from grpo.sampler_inputs import check_call, check_settings, collect_weights, tokenize_prompts
 
 
 class _RecordChosenLogprobs:
@@ -54,7 +54,7 @@ class HFSampler:
                  dtype: torch.dtype | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-        _check_settings(group_size, max_tokens, temperature, top_p)
+        check_settings(group_size, max_tokens, temperature, top_p)
         if isinstance(model, PreTrainedModel):
             self.model, path = model, model.config._name_or_path
         else:
@@ -85,8 +85,8 @@ class HFSampler:
         g = self.group_size if group_size is None else group_size
         temp = self.temperature if temperature is None else temperature
         m = self.max_tokens if max_tokens is None else max_tokens
-        _check_call(g, m, temp)
-        ids = _tokenize(self.tokenizer, prompts, self.max_model_len)
+        check_call(g, m, temp)
+        ids = tokenize_prompts(self.tokenizer, prompts, self.max_model_len)
         rows = [i for i in range(len(ids)) for _ in range(g)]
         p = max(len(x) for x in ids)
         device = self.model.device
@@ -133,7 +133,7 @@ class HFSampler:
         required = set(self.model.state_dict().keys())
         if getattr(self.model.config, "tie_word_embeddings", False):
             required.discard("lm_head.weight")
-        weights = _collect_weights(named_tensors, required)
+        weights = collect_weights(named_tensors, required)
         unknown = sorted(weights.keys() - self.model.state_dict().keys())
         if unknown:
             raise ValueError(f"load_weights: names not in the model: {unknown[:5]}")

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
+from grpo.sampler_inputs import check_call, check_settings, collect_weights, tokenize_prompts
 
 __all__ = ["GroupSampler", "HFSampler", "Rollouts", "VLLMSampler"]
 
@@ -77,62 +78,6 @@ def _row_seed(seed: int, row: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
     return ((x ^ (x >> 31)) + row) % 2**32
-
-
-def _check_settings(group_size: int, max_tokens: int, temperature: float, top_p: float) -> None:
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (GRPO compares completions within a "
-                         f"group), got {group_size!r}")
-    _check_call(group_size, max_tokens, temperature)
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
-
-def _check_call(group_size: int, max_tokens: int, temperature: float) -> None:
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-
-
-def _tokenize(tokenizer, prompts: list[str], context: int) -> list[list[int]]:
-    """Token ids of each rendered prompt, checked against the context the engine allows."""
-    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: nothing to sample")
-    ids = []
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"prompts[{i}] must be a non-empty string, got {prompt!r:.60}")
-        row = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if len(row) >= context:
-            raise ValueError(f"prompts[{i}] has {len(row)} tokens, but the model's context is "
-                             f"{context}: no room for a completion")
-        ids.append(row)
-    return ids
-
-
-def _collect_weights(named_tensors: Iterable[tuple[str, Tensor]], required: set[str] | None
-                     ) -> dict[str, Tensor]:
-    """The whole push as one dict; refuses a partial one, which corrupts fused layers."""
-    weights = {}
-    for name, tensor in named_tensors:
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"load_weights: {name!r} is a {type(tensor).__name__}, not a Tensor")
-        weights[name] = tensor.detach()
-    if not weights:
-        raise ValueError("load_weights got no tensors")
-    if required is not None:
-        missing = sorted(required - weights.keys())
-        if missing:
-            raise ValueError(
-                f"load_weights got {len(weights)} tensors but misses {len(missing)} of the "
-                f"checkpoint's (e.g. {missing[:3]}): push the whole state dict, a partial push "
-                "of a fused weight (q without k, v) corrupts the layer on vLLM's CPU build")
-    return weights
 
 
 def _checkpoint_names(path: str) -> set[str] | None:
@@ -185,7 +130,7 @@ class VLLMSampler:
                  gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False,
                  tensor_parallel_size: int = 1, max_model_len: int | None = None,
                  stop: list[str] | None = None, num_threads: int | None = None):
-        _check_settings(group_size, max_tokens, temperature, top_p)
+        check_settings(group_size, max_tokens, temperature, top_p)
         cuda = _on_cuda()
         if kv_cache_memory_gb is None and not cuda:
             raise ValueError("kv_cache_memory_gb=None is only for CUDA (sized by "
@@ -254,10 +199,10 @@ class VLLMSampler:
         g = self.group_size if group_size is None else group_size
         temp = self.temperature if temperature is None else temperature
         m = self.max_tokens if max_tokens is None else max_tokens
-        _check_call(g, m, temp)
+        check_call(g, m, temp)
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before sample()")
-        ids = _tokenize(self.tokenizer, prompts, self.max_model_len)
+        ids = tokenize_prompts(self.tokenizer, prompts, self.max_model_len)
         call_seed = self.seed if seed is None else seed
         requests, params = [], []
         for i, row_ids in enumerate(ids):
@@ -297,7 +242,7 @@ class VLLMSampler:
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before load_weights()")
         start = time.perf_counter()
-        weights = _collect_weights(named_tensors, self._required)
+        weights = collect_weights(named_tensors, self._required)
         if self._tied:
             # Measured on the CPU build: a push without lm_head.weight leaves the output layer's
             # repacked copy stale (the old embedding), and one with a different lm_head wins

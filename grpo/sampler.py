@@ -255,8 +255,17 @@ class VLLMSampler:
         else:  # in-process workers: pass the tensors themselves, no copy
             self.llm.collective_rpc("reload_weights",
                                     kwargs={"weights_iterator": list(weights.items())})
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
         self.last_load_seconds = time.perf_counter() - start
+
+    def _reset_prefix_cache(self) -> None:
+        # vLLM refuses (returns False, logs a warning) while any KV block is still held; the
+        # cached prompt blocks would then keep the old weights' keys and values, and the next
+        # samples would come from a mix of old and new policy with nothing else to show it.
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after new weights (KV "
+                               "blocks still in use: is a request still running?); the cached "
+                               "prompts would be scored with the old weights")
 
     def _reload_from_disk(self, weights: dict[str, Tensor]) -> None:
         """For workers in other processes (tensor parallelism), which can't receive tensors."""
@@ -281,7 +290,7 @@ class VLLMSampler:
         if not self.enable_sleep_mode:
             raise RuntimeError("wake_up() needs VLLMSampler(..., enable_sleep_mode=True) on CUDA")
         self.llm.wake_up()
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
         self._asleep = False
 
     def close(self) -> None:

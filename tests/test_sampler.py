@@ -202,6 +202,15 @@ def test_load_weights_changes_outputs_and_originals_restore_them(sampler, hf_mod
     assert greedy() == before  # the refused push left the engine untouched
 
 
+def test_load_weights_refuses_to_keep_a_stale_prefix_cache(sampler, hf_model, monkeypatch):
+    """vLLM answers False (and only logs) when it cannot drop its cached prompt blocks; sampling
+    on would reuse keys and values of the old weights, so the push must fail loudly."""
+    assert sampler.llm.reset_prefix_cache() is True  # the real answer when nothing is running
+    monkeypatch.setattr(sampler.llm, "reset_prefix_cache", lambda *a, **k: False)
+    with pytest.raises(RuntimeError, match="could not reset its prefix cache"):
+        sampler.load_weights(hf_model.state_dict().items())
+
+
 def test_hf_sampler_interface_logprobs_and_seed(hf_model):
     hf = HFSampler(hf_model, group_size=2, max_tokens=10, temperature=0.7, top_p=1.0, seed=3)
     tok = hf.tokenizer

@@ -1,6 +1,7 @@
-"""Do the samplers draw completions that score the same? The untrained model, many draws.
+"""Do the samplers draw completions that score the same? Many draws, untrained or trained weights.
 
     .venv/bin/python benchmarks/sampler_rewards.py [--prompts 16] [--group 16] [--seeds 1 2]
+        [--weights runs/x/checkpoint-8]
 
 trl_compare.py's reward curves are 16 completions a step and noisy; this asks the question that
 decides whether their trends can differ for a reason other than chance: before any update, does
@@ -33,14 +34,21 @@ from grpo.config import GRPOConfig  # noqa: E402
 from grpo.trainer import prompt_indices  # noqa: E402
 
 
-def draw(name: str, config: GRPOConfig, path: str, prompts: list[str], G: int, seed: int):
-    """Sampler `name` ("hf", "vllm-auto", "vllm-float32", ...) as the trainer builds it."""
+def draw(name: str, config: GRPOConfig, path: str, prompts: list[str], G: int, seed: int,
+         weights: str | None = None):
+    """Sampler `name` ("hf", "vllm-auto", "vllm-float32", ...) as the trainer builds it; with
+    `weights` (a checkpoint directory) it then takes them through `load_weights`, as after a
+    training step."""
     sampler_kind, _, dtype = name.partition("-")
     config = GRPOConfig.from_dict({
         **config.to_dict(), "sampler": sampler_kind, "vllm_dtype": dtype or "auto", "seed": seed,
         "num_generations": G, "per_device_train_batch_size": G,
         "gradient_accumulation_steps": 1})
     sampler = components.sampler(config, path)
+    if weights:
+        from safetensors.torch import load_file
+
+        sampler.load_weights(load_file(str(Path(weights) / "model.safetensors")).items())
     start = time.perf_counter()
     # In chunks of the recipe's step size (2 prompts), as the trainer calls it.
     chunks = [sampler.sample(prompts[i:i + 2], seed=seed * 1000 + i)
@@ -68,6 +76,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=16, help="completions per puzzle")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--samplers", nargs="+", default=["hf", "vllm-auto", "vllm-float32"])
+    parser.add_argument("--weights", help="a checkpoint directory (e.g. runs/x/checkpoint-8): "
+                        "compare the samplers on trained weights, pushed with load_weights")
     args = parser.parse_args()
 
     base = GRPOConfig.from_args(["--config", args.config])
@@ -85,7 +95,7 @@ def main() -> None:
         reward_set = components.reward_set(config)
         for name in args.samplers:
             texts, ids, lengths, truncated, secs = draw(name, config, path, rows["prompt"], G,
-                                                        seed)
+                                                        seed, args.weights)
             # The sampler's own text against the tokenizer's decoding of its token ids.
             decoded = tok.batch_decode(ids, skip_special_tokens=True)
             differ = sum(a != b for a, b in zip(texts, decoded))

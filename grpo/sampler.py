@@ -262,7 +262,7 @@ class VLLMSampler:
         # vLLM refuses (returns False, logs a warning) while any KV block is still held; the
         # cached prompt blocks would then keep the old weights' keys and values, and the next
         # samples would come from a mix of old and new policy with nothing else to show it.
-        if not self.llm.reset_prefix_cache():
+        if self.llm.reset_prefix_cache() is False:  # (None from vLLM versions that never tell)
             raise RuntimeError("vLLM could not reset its prefix cache after new weights (KV "
                                "blocks still in use: is a request still running?); the cached "
                                "prompts would be scored with the old weights")

@@ -30,8 +30,7 @@ def config_of(args, out: Path):
     return GRPOConfig.from_args([
         "--config", args.config, "--max_steps", str(args.steps), "--eval_steps", "0",
         "--save_steps", "0", "--log_completions_steps", "0", "--report_to", "none",
-        "--output_dir", str(out / "run"), *sum((["--" + kv.split("=", 1)[0], kv.split("=", 1)[1]]
-                                                for kv in args.set), [])])
+        "--output_dir", str(out / "run"), *("--" + kv for kv in args.set)])  # --key=value
 
 
 def record(args, out: Path) -> None:

@@ -46,7 +46,7 @@ def tokenize_prompts(tokenizer, prompts: list[str], context: int) -> list[list[i
 
 
 def collect_weights(named_tensors: Iterable[tuple[str, Tensor]], required: set[str] | None
-                     ) -> dict[str, Tensor]:
+                    ) -> dict[str, Tensor]:
     """The whole push as one dict; refuses a partial one, which corrupts fused layers."""
     weights = {}
     for name, tensor in named_tensors:

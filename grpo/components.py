@@ -91,7 +91,7 @@ def engine(config: GRPOConfig, path: str):
         beta=config.beta, loss_type=config.loss_type,
         max_completion_length=config.max_completion_length, temperature=config.temperature,
         gradient_checkpointing=config.gradient_checkpointing, bf16=config.bf16,
-        share_prompt_forward=config.share_prompt_forward)
+        share_prompt_forward=config.share_prompt_forward, tis_cap=config.tis_cap)
     if config.engine == "torch":
         return engines.TorchEngine(path, **kwargs)
     return engines.DeepSpeedEngine(

@@ -74,6 +74,11 @@ class GRPOConfig:
     """Nucleus sampling."""
     mask_truncated_completions: bool = False
     """Leave completions cut by max_completion_length out of the loss (DAPO's overlong filter)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling (TRL's vllm_importance_sampling_correction / _cap): weight
+    each token's surrogate by min(pi_policy / pi_sampler, tis_cap), correcting for a sampler that
+    computes in another precision (bf16 vLLM under an fp32 trainer, or vLLM's bf16 kernels under a
+    bf16 trainer). None: off. TRL uses 2-3; an exact sampler (fp32 here) gives weights of 1."""
 
     # --- optimisation ---
     learning_rate: float = 1e-6
@@ -179,6 +184,8 @@ class GRPOConfig:
             value = getattr(self, name)
             check(value is None or 0 < value < 1, f"{name} must be in (0, 1), got {value}")
         check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        check(self.tis_cap is None or self.tis_cap >= 1,
+              f"tis_cap must be >= 1 or None (off), got {self.tis_cap}")
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         check(self.temperature > 0, f"temperature must be > 0 (training samples), "

@@ -13,6 +13,10 @@ How we differ from the paper, and from implementations that got it wrong:
   averaged on its own and the step's gradient depends on the split (TRL's 0.5x / 4x bugs).
 * Padding is zeroed before any arithmetic, so garbage (even inf) at masked positions can never
   turn into NaN gradients.
+* Optional truncated importance sampling (`tis_cap`, "TIS" in Yao et al. 2025, TRL's
+  `vllm_importance_sampling_correction`): the tokens were drawn by the sampler (vLLM, often in
+  bf16), whose probabilities differ a little from the trainer's. Each token's surrogate is
+  weighted by min(pi_old / pi_sampler, C), a constant (no gradient); the KL term is not weighted.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ LOSS_TYPES = ("grpo", "token_mean", "dr_grpo")
 
 class LossOutput(NamedTuple):
     loss: Tensor  # scalar
-    metrics: dict[str, Tensor]  # detached scalars: "kl" (when a reference is given), "clip_ratio"
+    metrics: dict[str, Tensor]  # detached scalars: "kl" (when a reference is given), "clip_ratio",
+    # and with tis_cap "tis_weight" (mean weight) and "tis_capped" (fraction of tokens at the cap)
 
 
 def k3_kl(
@@ -75,17 +80,27 @@ def grpo_loss(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     normalizer: Tensor | float | None = None,
+    sampler_logprobs: Tensor | None = None,  # [N, T] the sampler's log-probs of the same tokens
+    tis_cap: float | None = None,
 ) -> LossOutput:
     """Clipped surrogate minus beta * k3, aggregated by `loss_type`, as a loss to minimise.
 
     `normalizer` is the divisor of the whole optimizer step (`loss_normalizer` on the step's full
     mask, summed over ranks). None means this batch is the whole step. An engine whose data
     parallelism *averages* gradients over W ranks passes the global normalizer divided by W.
+    `tis_cap` C (with `sampler_logprobs`) weights each token's surrogate by
+    min(exp(old - sampler), C): truncated importance sampling from the sampler's distribution to
+    the policy's (old = logprobs.detach() when `old_logprobs` is None).
     """
-    _check_inputs(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask)
-    _check_hparams(eps_low, eps_high, beta, loss_type, max_completion_length)
+    _check_inputs(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask,
+                  sampler_logprobs)
+    _check_hparams(eps_low, eps_high, beta, loss_type, max_completion_length, tis_cap)
     if beta != 0 and ref_logprobs is None:
         raise ValueError(f"ref_logprobs is None but beta={beta}: a KL penalty needs the reference")
+    if (tis_cap is None) != (sampler_logprobs is None):
+        raise ValueError("truncated importance sampling needs both tis_cap and sampler_logprobs, "
+                         f"got tis_cap={tis_cap} and sampler_logprobs="
+                         f"{'None' if sampler_logprobs is None else 'a tensor'}")
 
     mask = completion_mask.bool()
     zero = logprobs.new_zeros(())
@@ -99,6 +114,11 @@ def grpo_loss(
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     objective = torch.minimum(unclipped, clipped)
     metrics: dict[str, Tensor] = {}
+    if tis_cap is not None:
+        is_ratio = torch.exp(old.detach() - torch.where(mask, sampler_logprobs, zero))
+        objective = objective * is_ratio.clamp(max=tis_cap)
+        metrics["tis_weight"] = _masked_mean(is_ratio.clamp(max=tis_cap), mask)
+        metrics["tis_capped"] = _masked_mean((is_ratio > tis_cap).to(logprobs.dtype), mask)
     if ref_logprobs is not None:
         kl = k3_kl(logprobs, torch.where(mask, ref_logprobs, zero))
         if beta != 0:
@@ -131,6 +151,7 @@ class GRPOLoss(torch.nn.Module):
         beta: float = 0.04,
         loss_type: str = "grpo",
         max_completion_length: int | None = None,
+        tis_cap: float | None = None,
     ):
         super().__init__()
         self.eps_low = eps_low
@@ -138,7 +159,9 @@ class GRPOLoss(torch.nn.Module):
         self.beta = beta
         self.loss_type = loss_type
         self.max_completion_length = max_completion_length
-        _check_hparams(self.eps_low, self.eps_high, beta, loss_type, max_completion_length)
+        self.tis_cap = tis_cap  # None: no importance weights (the sampler is taken as the policy)
+        _check_hparams(self.eps_low, self.eps_high, beta, loss_type, max_completion_length,
+                       tis_cap)
 
     def forward(
         self,
@@ -148,12 +171,13 @@ class GRPOLoss(torch.nn.Module):
         advantages: Tensor,  # [N]
         completion_mask: Tensor,  # [N, T]
         normalizer: Tensor | float | None = None,
+        sampler_logprobs: Tensor | None = None,  # [N, T]; used (and required) with tis_cap
     ) -> LossOutput:
         return grpo_loss(
             logprobs, old_logprobs, ref_logprobs, advantages, completion_mask,
             eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
             loss_type=self.loss_type, max_completion_length=self.max_completion_length,
-            normalizer=normalizer,
+            normalizer=normalizer, sampler_logprobs=sampler_logprobs, tis_cap=self.tis_cap,
         )
 
     def normalizer(self, completion_mask: Tensor) -> Tensor:  # completion_mask: [N, T]
@@ -161,7 +185,7 @@ class GRPOLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"eps_low={self.eps_low}, eps_high={self.eps_high}, beta={self.beta}, "
-                f"loss_type={self.loss_type!r}")
+                f"loss_type={self.loss_type!r}, tis_cap={self.tis_cap}")
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:  # values, mask: [N, T]
@@ -173,7 +197,8 @@ def _check_loss_type(loss_type: str) -> None:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
-def _check_hparams(eps_low, eps_high, beta, loss_type, max_completion_length) -> None:
+def _check_hparams(eps_low, eps_high, beta, loss_type, max_completion_length,
+                   tis_cap=None) -> None:
     _check_loss_type(loss_type)
     for name, eps in (("eps_low", eps_low), ("eps_high", eps_high)):
         if not 0 < eps < 1:
@@ -182,14 +207,17 @@ def _check_hparams(eps_low, eps_high, beta, loss_type, max_completion_length) ->
         raise ValueError(f"beta must be >= 0, got {beta}")
     if max_completion_length is not None and max_completion_length < 1:
         raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
+    if tis_cap is not None and not tis_cap >= 1:
+        raise ValueError(f"tis_cap must be >= 1 (or None: no importance weights), got {tis_cap}")
 
 
-def _check_inputs(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask) -> None:
+def _check_inputs(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask,
+                  sampler_logprobs=None) -> None:
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [N, T], got shape {tuple(logprobs.shape)}")
     shape = logprobs.shape
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
-                    ("completion_mask", completion_mask)):
+                    ("completion_mask", completion_mask), ("sampler_logprobs", sampler_logprobs)):
         if t is not None and t.shape != shape:
             raise ValueError(f"{name} must have logprobs' shape {tuple(shape)}, "
                              f"got {tuple(t.shape)}")

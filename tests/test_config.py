@@ -31,6 +31,7 @@ def test_unknown_key_names_it_and_suggests_the_closest():
     (dict(offload_param="nvme"), "nvme_path"),
     (dict(zero_stage=1), "zero_stage"),
     (dict(vllm_dtype="fp16"), "vllm_dtype must be one of"),
+    (dict(tis_cap=0.5), "tis_cap must be >= 1"),
 ])
 def test_contradictory_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

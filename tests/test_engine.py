@@ -183,6 +183,40 @@ def test_named_weights_is_the_state_dict(tiny_model):
         assert torch.equal(weights[name], state[name])
 
 
+def test_truncated_importance_sampling_is_the_weighted_loss_in_any_micro_batch_split(tiny_model):
+    """tis_cap: the engine's gradient is that of grpo_loss with the batch's sampler log-probs
+    (a sampler off by -1.5 .. +1.5 nats per token, so some weights pass the cap of 2), however
+    the batch is split; the metrics are the token means of the weights."""
+    from grpo.loss import grpo_loss
+
+    rollouts, advantages = _batch()
+    engine = _engine(tiny_model, beta=0.0, tis_cap=2.0)
+    mask = rollouts.completion_mask.bool()
+    with torch.no_grad():
+        policy = engine.policy_logprobs(rollouts)
+    shift = torch.linspace(-1.5, 1.5, mask.numel()).view_as(policy)
+    rollouts.sampler_logprobs = torch.where(mask, policy - shift, torch.zeros(()))
+    lp, _ = sequence_logprobs(engine.model, rollouts.input_ids, rollouts.attention_mask,
+                              rollouts.completion_mask, 1.0, 1024)
+    want = grpo_loss(lp, None, None, advantages, rollouts.completion_mask, beta=0.0,
+                     sampler_logprobs=rollouts.sampler_logprobs, tis_cap=2.0)
+    params = dict(engine.model.named_parameters())
+    expected = dict(zip(params, torch.autograd.grad(want.loss, list(params.values()))))
+    plain = _grads(_engine(tiny_model, beta=0.0), rollouts, advantages)
+    for micro in (None, 3):
+        engine.micro_batch_size = micro
+        got = _grads(engine, rollouts, advantages)
+        for name in expected:
+            assert_close(got[name], expected[name], rtol=1e-5,
+                         atol=1e-6 * expected[name].abs().max())
+    assert any(not torch.allclose(plain[n], expected[n]) for n in expected)  # weights mattered
+    weights = torch.exp(shift).clamp(max=2.0)[mask]
+    metrics = engine.train_step(rollouts, advantages)
+    assert metrics["tis_weight"] == pytest.approx(weights.mean().item(), rel=1e-5)
+    assert metrics["tis_capped"] == pytest.approx((torch.exp(shift)[mask] > 2).float().mean().item())
+    assert 0 < metrics["tis_capped"] < 1
+
+
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model):
     rollouts, advantages = _batch()
     plain = _grads(_engine(tiny_model), rollouts, advantages)
@@ -254,6 +288,7 @@ def test_micro_batch_slices():
     (dict(num_iterations=0), "num_iterations"),
     (dict(loss_type="mean"), "loss_type"),
     (dict(temperature=0.0), "temperature"),
+    (dict(tis_cap=0.9), "tis_cap"),
 ])
 def test_bad_engine_arguments_fail_before_loading(kwargs, match):
     with pytest.raises(ValueError, match=match):

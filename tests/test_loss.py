@@ -132,6 +132,59 @@ def test_on_policy_without_kl_is_reinforce():
     assert_close(lp.grad, -adv[:, None] / lengths / 4 * mask)
 
 
+def test_truncated_importance_sampling_weights_each_token_by_hand():
+    # One update (old = None, r = 1), beta = 0, "grpo", tis_cap C = 2. Row 0 has two tokens,
+    # row 1 one (its second is padding, with garbage sampler log-prob -inf there).
+    # Weights w = min(exp(lp - sampler_lp), 2):
+    #   row 0, token 0: lp -1.0, sampler -1.5 -> exp(0.5) = 1.648721 (under the cap)
+    #   row 0, token 1: lp -2.0, sampler -3.0 -> exp(1.0) = 2.718282 -> capped at 2
+    #   row 1, token 0: lp -0.5, sampler -0.2 -> exp(-0.3) = 0.740818
+    # objective o = w * r * A; loss = -(mean over row 0's tokens + row 1's) / 2 sequences:
+    #   A = (+1, -2): loss = -((1.648721 + 2) / 2 * 1 + 0.740818 * -2) / 2 = -0.171771
+    # d loss / d lp = -w * A / |o_i| / 2 (w is a constant): row 0: -0.412180, -0.5; row 1: 0.740818
+    lp = t([[-1.0, -2.0], [-0.5, 0.0]]).requires_grad_()
+    sampler = t([[-1.5, -3.0], [-0.2, -math.inf]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    w00 = math.exp(0.5)
+    out = grpo_loss(lp, None, None, t([1.0, -2.0]), mask, beta=0.0, sampler_logprobs=sampler,
+                    tis_cap=2.0)
+    assert_close(out.loss, t(-((w00 + 2) / 2 - 2 * math.exp(-0.3)) / 2))
+    out.loss.backward()
+    assert_close(lp.grad, t([[-w00 / 4, -2 / 4], [math.exp(-0.3), 0.0]]))
+    assert_close(out.metrics["tis_weight"], t((w00 + 2 + math.exp(-0.3)) / 3))
+    assert_close(out.metrics["tis_capped"], t(1 / 3))
+
+
+def test_truncated_importance_sampling_uses_old_logprobs_and_leaves_kl_alone():
+    # Two updates: old given, so w = min(exp(old - sampler), C), not exp(lp - sampler).
+    # One token, lp = 0.1, old = 0, sampler = -0.4, ref = 0.3, A = 1, C = 3, beta = 0.5:
+    #   r = exp(0.1) = 1.105171 (inside [0.8, 1.2]); w = exp(0.4) = 1.491825
+    #   k3 = exp(0.2) - 0.2 - 1 = 0.021403; loss = -(w * r * A - 0.5 * k3)
+    lp = t([[0.1]]).requires_grad_()
+    loss_fn = GRPOLoss(beta=0.5, tis_cap=3.0)
+    out = loss_fn(lp, t([[0.0]]), t([[0.3]]), t([1.0]), torch.ones(1, 1),
+                  sampler_logprobs=t([[-0.4]]))
+    w, r, k3 = math.exp(0.4), math.exp(0.1), math.exp(0.2) - 0.2 - 1
+    assert_close(out.loss, t(-(w * r - 0.5 * k3)))
+    assert_close(out.metrics["kl"], t(k3))
+    # Without the weights: the same loss with w = 1.
+    plain = GRPOLoss(beta=0.5)(lp, t([[0.0]]), t([[0.3]]), t([1.0]), torch.ones(1, 1))
+    assert_close(plain.loss, t(-(r - 0.5 * k3)))
+
+
+def test_exact_sampler_makes_importance_sampling_a_no_op():
+    torch.manual_seed(0)
+    lp = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    mask, adv = torch.ones(3, 4), t([1.0, -0.5, 2.0])
+    a = grpo_loss(lp, None, None, adv, mask, beta=0.0, sampler_logprobs=lp.detach(), tis_cap=2.0)
+    grad_a, = torch.autograd.grad(a.loss, lp)
+    b = grpo_loss(lp, None, None, adv, mask, beta=0.0)
+    grad_b, = torch.autograd.grad(b.loss, lp)
+    assert_close(a.loss, b.loss)
+    assert_close(grad_a, grad_b)
+    assert_close(a.metrics["tis_weight"], t(1.0))
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_zero_advantages_give_zero_policy_gradient(loss_type):
     lp = torch.randn(3, 4, dtype=F64, requires_grad=True)
@@ -217,6 +270,10 @@ def test_dtype_in_is_dtype_out():
     (dict(eps_low=0.0), "eps_low"),
     (dict(eps_high=1.5), "eps_high"),
     (dict(beta=-1.0), "beta"),
+    (dict(tis_cap=0.5, sampler_logprobs=torch.zeros(2, 3)), "tis_cap"),
+    (dict(tis_cap=2.0), "sampler_logprobs"),
+    (dict(sampler_logprobs=torch.zeros(2, 3)), "tis_cap"),
+    (dict(tis_cap=2.0, sampler_logprobs=torch.zeros(3, 3)), "sampler_logprobs"),
 ])
 def test_bad_input_names_the_argument(kwargs, match):
     args = dict(logprobs=torch.zeros(2, 3), old_logprobs=None, ref_logprobs=torch.zeros(2, 3),

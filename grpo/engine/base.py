@@ -32,7 +32,8 @@ from grpo.loss import GRPOLoss
 from grpo.rollouts import Rollouts
 
 # Sums reduced over ranks in one all-reduce at the end of a step (order matters).
-_SUMS = ("loss", "kl", "clip", "tokens", "tokens_all", "entropy", "gap", "tokens0", "nonfinite")
+_SUMS = ("loss", "kl", "clip", "tokens", "tokens_all", "entropy", "gap", "tokens0", "nonfinite",
+         "tis_weight", "tis_capped")
 
 
 @dataclass
@@ -56,9 +57,10 @@ class StepEngine:
     def _init_hparams(self, *, learning_rate, lr_scheduler_type, warmup_steps, max_steps,
                       micro_batch_size, num_iterations, eps_low, eps_high, beta, loss_type,
                       max_completion_length, temperature, max_grad_norm, logprob_chunk_size,
-                      share_prompt_forward):
+                      share_prompt_forward, tis_cap=None):
         self.loss_fn = GRPOLoss(eps_low=eps_low, eps_high=eps_high, beta=beta,
-                                loss_type=loss_type, max_completion_length=max_completion_length)
+                                loss_type=loss_type, max_completion_length=max_completion_length,
+                                tis_cap=tis_cap)
         self.learning_rate, self.lr_scheduler_type = learning_rate, lr_scheduler_type
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
         self.micro_batch_size, self.num_iterations = micro_batch_size, num_iterations
@@ -182,8 +184,10 @@ class StepEngine:
         grad = torch.enable_grad() if backward else torch.no_grad()
         with grad:
             logprobs, entropy = self._policy_logprobs(batch, with_entropy=first)
+            tis = self.loss_fn.tis_cap is not None  # weights from the sampler's log-probs
             out = self.loss_fn(logprobs, old, ref, advantages, batch.completion_mask,
-                               normalizer=normalizer)
+                               normalizer=normalizer,
+                               sampler_logprobs=batch.sampler_logprobs if tis else None)
         mask = batch.completion_mask.bool()
         tokens = mask.sum().item()
         finite = bool(torch.isfinite(out.loss).item())
@@ -191,6 +195,8 @@ class StepEngine:
         sums["loss"] += out.loss.item() if finite else 0.0
         sums["kl"] += out.metrics.get("kl", torch.zeros(())).item() * tokens
         sums["clip"] += out.metrics["clip_ratio"].item() * tokens
+        for name in ("tis_weight", "tis_capped"):
+            sums[name] += out.metrics[name].item() * tokens if name in out.metrics else 0.0
         sums["tokens_all"] += tokens
         if first:
             gap = (batch.sampler_logprobs.to(logprobs.dtype) - logprobs.detach()).abs()
@@ -207,6 +213,9 @@ class StepEngine:
         total = dict(zip(_SUMS, self._sum(packed).tolist()))
         iterations = 1 if skipped_zero else max(1, len(norms))
         finite_norms = [n for n in norms if n == n and abs(n) != float("inf")]
+        tis = {} if self.loss_fn.tis_cap is None else {  # token means, like kl and clip_ratio
+            name: total[name] / max(total["tokens_all"], 1)
+            for name in ("tis_weight", "tis_capped")}
         return {
             # Each rank's micro-batch losses sum to W x its share of the global loss (normalizer
             # / W), so the sum over ranks / W is the global loss; averaged over the updates.
@@ -221,6 +230,7 @@ class StepEngine:
             "skipped_nonfinite": 1.0 if total["nonfinite"] > 0 else 0.0,
             "skipped_zero_advantage": 1.0 if skipped_zero else 0.0,
             "num_tokens": total["tokens0"],
+            **tis,
         }
 
     def current_lr_of(self, step: int) -> float:

@@ -27,7 +27,7 @@ STATE_DIR = "engine_state"  # the resume state's subfolder inside a saved direct
 def check_engine_args(*, learning_rate, weight_decay, adam_betas, max_grad_norm,
                       lr_scheduler_type, warmup_steps, max_steps, micro_batch_size,
                       num_iterations, loss_type, temperature, logprob_chunk_size,
-                      share_prompt_forward) -> None:
+                      share_prompt_forward, tis_cap=None) -> None:
     """Every engine keyword checked before anything is loaded, each error naming its argument."""
     checks = [
         (learning_rate >= 0, "learning_rate must be >= 0", learning_rate),
@@ -50,6 +50,8 @@ def check_engine_args(*, learning_rate, weight_decay, adam_betas, max_grad_norm,
         (logprob_chunk_size >= 1, "logprob_chunk_size must be >= 1", logprob_chunk_size),
         (isinstance(share_prompt_forward, bool), "share_prompt_forward must be a bool",
          share_prompt_forward),
+        (tis_cap is None or tis_cap >= 1, "tis_cap must be >= 1 or None (no importance weights)",
+         tis_cap),
     ]
     for ok, message, got in checks:
         if not ok:

@@ -53,7 +53,8 @@ class DeepSpeedEngine(StepEngine):
                  loss_type: str = "grpo", max_completion_length: int | None = None,
                  temperature: float = 1.0, gradient_checkpointing: bool = False,
                  bf16: bool = False, device: str | None = None, logprob_chunk_size: int = 1024,
-                 share_prompt_forward: bool = True, zero_stage: int = 3,
+                 share_prompt_forward: bool = True,
+                 tis_cap: float | None = None, zero_stage: int = 3,
                  offload_optimizer: str = "none", offload_param: str = "none",
                  nvme_path: str | None = None, ds_config: dict | str | None = None):
         check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
@@ -62,7 +63,7 @@ class DeepSpeedEngine(StepEngine):
                           max_steps=max_steps, micro_batch_size=micro_batch_size,
                           num_iterations=num_iterations, loss_type=loss_type,
                           temperature=temperature, logprob_chunk_size=logprob_chunk_size,
-                          share_prompt_forward=share_prompt_forward)
+                          share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
         check_offload(zero_stage, offload_optimizer, offload_param, nvme_path)
         self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
                            warmup_steps=warmup_steps, max_steps=max_steps,
@@ -71,7 +72,7 @@ class DeepSpeedEngine(StepEngine):
                            max_completion_length=max_completion_length,
                            temperature=temperature, max_grad_norm=max_grad_norm,
                            logprob_chunk_size=logprob_chunk_size,
-                           share_prompt_forward=share_prompt_forward)
+                           share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
         self.rank, self.world_size, self.device = distributed.init_distributed(require_group=True)
         if device is not None and torch.device(device).type != self.device.type:
             raise ValueError(f"device={device!r}, but this rank runs on {self.device} (DeepSpeed "

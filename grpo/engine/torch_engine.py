@@ -46,14 +46,15 @@ class TorchEngine(StepEngine):
                  loss_type: str = "grpo", max_completion_length: int | None = None,
                  temperature: float = 1.0, gradient_checkpointing: bool = False,
                  bf16: bool = False, device: str | None = None,
-                 logprob_chunk_size: int = 1024, share_prompt_forward: bool = True):
+                 logprob_chunk_size: int = 1024, share_prompt_forward: bool = True,
+                 tis_cap: float | None = None):
         check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
                           adam_betas=adam_betas, max_grad_norm=max_grad_norm,
                           lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
                           max_steps=max_steps, micro_batch_size=micro_batch_size,
                           num_iterations=num_iterations, loss_type=loss_type,
                           temperature=temperature, logprob_chunk_size=logprob_chunk_size,
-                          share_prompt_forward=share_prompt_forward)
+                          share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
         self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
                            warmup_steps=warmup_steps, max_steps=max_steps,
                            micro_batch_size=micro_batch_size, num_iterations=num_iterations,
@@ -61,7 +62,7 @@ class TorchEngine(StepEngine):
                            max_completion_length=max_completion_length,
                            temperature=temperature, max_grad_norm=max_grad_norm,
                            logprob_chunk_size=logprob_chunk_size,
-                           share_prompt_forward=share_prompt_forward)
+                           share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rank, self.world_size, self.bf16 = 0, 1, bf16
         self.source = resolve_model(model)

@@ -59,7 +59,7 @@ def train(args, arm: str, overrides: list[str], seed: int) -> list[dict]:
         return steps[:args.steps]
     cmd = [sys.executable, "-m", "grpo.trainer", "--config", args.config, "--seed", str(seed),
            "--max_steps", str(args.steps), "--eval_steps", "0", "--save_steps", "0",
-           "--log_completions_steps", "0", "--report_to", "none", "--output_dir", str(out),
+           "--log_completions_steps", "1", "--report_to", "none", "--output_dir", str(out),
            *overrides, *args.set]
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

@@ -94,7 +94,7 @@ class GRPOConfig:
     max_steps: int = 100
     """Optimizer steps (one sampled batch each)."""
     seed: int = 42
-    """Seeds the data order, the sampler (seed + step) and torch."""
+    """Seeds the data order, the sampler (grpo.seeds.derive_seed(seed, step, rank)) and torch."""
     bf16: bool = False
     """bf16 autocast for training and bf16 vLLM (GPU); fp32 on CPU."""
     gradient_checkpointing: bool = False

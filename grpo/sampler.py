@@ -13,16 +13,18 @@ Choices that differ from the usual recipes, and why:
   warpers). With top_p = 1 this is what `grpo.logprobs.sequence_logprobs(..., temperature)`
   computes for the trainer. At temperature 0 (greedy) they are the raw, unscaled log-probs.
 - Every completion is its own request with its own seed, `_row_seed(seed, row)`, so a call is
-  reproducible for a fixed seed, and the trainer's `seed + step` re-samples a resumed run exactly.
+  reproducible for a fixed seed, and the trainer's `derive_seed(seed, step, rank)` re-samples a
+  resumed run exactly.
   (vLLM forbids n > 1 for greedy requests; prefix caching still prefills each prompt once.)
 - `load_weights` collects the whole state dict before one reload: on the CPU build a push of part
   of a fused weight (q without k and v) corrupts the layer, so a push that misses a checkpoint
   tensor is refused, naming what is missing.
 
 Sharing the machine (DeepSpeed, one engine per rank): each rank samples its own share of the
-prompts with its own engine, in its own process, pass `seed=(seed + step) * world_size + rank`
-so ranks never reuse a row seed. In-process vLLM on CPU does no thread binding of its own: it
-runs on the process's torch threads (OMP_NUM_THREADS; torchrun sets 1 per rank), and sampling
+prompts with its own engine, in its own process, pass `seed=grpo.seeds.derive_seed(seed, step,
+rank)` so that neither ranks nor runs with other seeds reuse a row seed. In-process vLLM on CPU
+does no thread binding of its own: it runs on the process's torch threads (OMP_NUM_THREADS;
+torchrun sets 1 per rank), and sampling
 and training alternate in time, so here 2 ranks use one core each for both. vLLM makes
 `torch.set_num_threads` a no-op once started (use `torch._C.set_num_threads`). On GPUs each rank's
 engine lives on that rank's GPU next to the trainer: `gpu_memory_utilization` (or
@@ -46,6 +48,7 @@ from torch import Tensor
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
 from grpo.sampler_inputs import check_call, check_settings, collect_weights, tokenize_prompts
+from grpo.seeds import splitmix64
 
 __all__ = ["GroupSampler", "HFSampler", "Rollouts", "VLLMSampler"]
 
@@ -74,10 +77,7 @@ def _row_seed(seed: int, row: int) -> int:
     plus the row. torch's CPU generator keeps only a seed's low 32 bits (5 * 2^32 and 6 * 2^32
     draw the same numbers), so every row seed must differ in those bits: rows of one call always
     do; rows of two calls collide with probability ~ rows / 2^32."""
-    x = (int(seed) + 0x9E3779B97F4A7C15) % 2**64  # splitmix64 finaliser
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
-    return ((x ^ (x >> 31)) + row) % 2**32
+    return (splitmix64(seed) + row) % 2**32
 
 
 def _checkpoint_names(path: str) -> set[str] | None:
@@ -191,8 +191,9 @@ class VLLMSampler:
                max_tokens: int | None = None) -> Rollouts:
         """G completions of each prompt, rows [i*G, (i+1)*G) answering prompts[i].
 
-        `seed` overrides the sampler's seed for this call (the trainer passes seed + step);
-        `temperature=0` samples greedily (use group_size=1 for evaluation).
+        `seed` overrides the sampler's seed for this call (the trainer passes
+        `derive_seed(seed, step, rank)`); `temperature=0` samples greedily (use group_size=1 for
+        evaluation).
         """
         from vllm import SamplingParams
 

@@ -1,14 +1,15 @@
 """GRPOTrainer: DESIGN.md's five calls in a loop, with evaluation, logging and checkpoints around.
 
     for step in range(start, max_steps):
-        rollouts   = sampler.sample(prompts, seed=seed + step)
+        rollouts   = sampler.sample(prompts, seed=derive_seed(seed, step, rank))
         rewards    = reward_set(prefill + completions, **columns)
         advantages = group_advantages(rewards.total, G)
         metrics    = engine.train_step(rollouts, advantages)
         sampler.load_weights(engine.named_weights())
 
 Everything the loop needs is derived from (config, step): the prompts of step s are a fixed slice
-of a seeded permutation per epoch, and the sampler is seeded with seed + s. So a checkpoint needs
+of a seeded permutation per epoch, and the sampler is seeded with derive_seed(seed, s, rank) (not
+seed + s, which would give run seed+1 the noise of this run one step later; grpo/seeds.py). So a checkpoint needs
 only the weights, the optimizer and scheduler states (the engine's), the RNG states and the step,
 and a resumed run repeats exactly what an uninterrupted one would have done (on this CPU; on GPUs,
 vLLM's batched kernels and atomics are not bit-reproducible, so a resumed run matches in
@@ -28,6 +29,7 @@ import torch
 from grpo import checkpoint as ckpt
 from grpo.advantages import group_advantages, zero_variance_groups
 from grpo.config import GRPOConfig
+from grpo.seeds import derive_seed
 from grpo.tracking import NullTracker, Timer, Tracker
 
 
@@ -72,9 +74,9 @@ class GRPOTrainer:
             rows = self._prompt_rows(step)
             timer = Timer()
             with timer("time/sample"):
-                # Ranks draw different noise; a resumed run redraws exactly the same.
+                # Ranks, steps and runs draw different noise; a resumed run redraws the same.
                 rollouts = self.sampler.sample(
-                    rows["prompt"], seed=(c.seed + step) * self.world_size + self.rank)
+                    rows["prompt"], seed=derive_seed(c.seed, step, self.rank))
             with timer("time/reward"):
                 rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
                                           **_repeat(rows, G, exclude=("prompt",)))
@@ -183,14 +185,15 @@ class GRPOTrainer:
 def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,
                    rank: int = 0, world_size: int = 1) -> list[int]:
     """Dataset rows that `rank` trains on at `step`: a fixed slice of a permutation of the
-    dataset seeded with seed + epoch. The step's prompts over all ranks are the same for any
+    dataset seeded with derive_seed(seed, epoch). The step's prompts over all ranks are the same for any
     world size (rank r takes the r-th slice), so 1 and 2 processes see the same puzzles."""
     per_step = prompts_per_step * world_size
     first = step * per_step + rank * prompts_per_step
     indices = []
     for position in range(first, first + prompts_per_step):
         epoch, offset = divmod(position, num_prompts)
-        order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + epoch))
+        generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
+        order = torch.randperm(num_prompts, generator=generator)
         indices.append(int(order[offset]))
     return indices
 

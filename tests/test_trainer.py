@@ -48,7 +48,7 @@ def test_prompt_order_is_a_permutation_per_epoch_and_the_same_for_any_world_size
     one = [prompt_indices(step, 10, 2, seed=7) for step in range(10)]
     epoch0, epoch1 = sum(one[:5], []), sum(one[5:], [])
     assert sorted(epoch0) == sorted(epoch1) == list(range(10))
-    assert epoch0 != epoch1  # each epoch its own order (seed + epoch)
+    assert epoch0 != epoch1  # each epoch its own order (derive_seed(seed, epoch))
     for step in range(10):  # two ranks with 1 prompt each cover the same 2 prompts, in order
         assert [prompt_indices(step, 10, 1, 7, rank, 2)[0] for rank in (0, 1)] == one[step]
     assert prompt_indices(0, 10, 2, seed=8) != one[0] or prompt_indices(1, 10, 2, 8) != one[1]
@@ -145,3 +145,20 @@ def test_config_errors_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="exceeds the model's context of 8192"):
         GRPOTrainer(GRPOConfig(**dict(SMALL, max_prompt_length=8000, max_completion_length=1000,
                                       output_dir=str(tmp_path))))
+
+
+def test_no_two_runs_or_ranks_share_a_sampling_seed():
+    """`seed + step` would give run s + 1 at step t the noise of run s at step t + 1 (coupled
+    draws across a seed sweep); derived seeds are distinct over runs, steps and ranks, and so
+    are the low 32 bits torch's CPU generator keeps."""
+    from grpo.seeds import derive_seed
+
+    seeds = [derive_seed(run, step, rank) for run in range(20) for step in range(200)
+             for rank in range(4)]
+    assert len(set(seeds)) == len(seeds)
+    assert len({s % 2**32 for s in seeds}) == len(seeds)
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert derive_seed(1, 5) == derive_seed(1, 5)  # a pure function: resume redraws the same
+    # The data order too: run 7's second epoch is not run 8's first.
+    assert [prompt_indices(s, 10, 2, seed=7) for s in range(5, 10)] != \
+        [prompt_indices(s, 10, 2, seed=8) for s in range(5)]

@@ -10,8 +10,9 @@ interleaved seed by seed so that machine drift hits all arms alike. A run whose 
 already holds every step is reused, so the sweep can be stopped and restarted. The table gives
 each arm's reward per step (mean over seeds), the per-seed score (mean reward of the last half of
 the steps: less noisy than the last step alone) and, for every arm against the first, the exact
-one-sided Mann-Whitney test on those scores and the paired sign test over seeds (same seed = same
-puzzles in every arm).
+Mann-Whitney test on those scores and the paired sign test over seeds (same seed = same puzzles in
+every arm), one-sided in the direction seen and two-sided (the one to quote when no direction was
+named before the sweep).
 """
 
 from __future__ import annotations
@@ -140,9 +141,11 @@ def main() -> None:
         u, p = mann_whitney_p(hi, lo)
         wins = sum(x > y for x, y in zip(hi, lo))
         losses = sum(x < y for x, y in zip(hi, lo))
+        sign_p = sign_test_p(wins, losses)
         print(f"{ahead} ahead of {name if ahead == base else base}: Mann-Whitney U/nm = {u:.2f}, "
-              f"exact one-sided p = {p:.3f}; paired by seed {wins} wins / {losses} losses, "
-              f"sign test p = {sign_test_p(wins, losses):.3f}")
+              f"exact one-sided p = {p:.3f} (two-sided {min(1.0, 2 * p):.3f}); paired by seed "
+              f"{wins} wins / {losses} losses, sign test one-sided p = {sign_p:.3f} "
+              f"(two-sided {min(1.0, 2 * sign_p):.3f})")
 
 
 if __name__ == "__main__":

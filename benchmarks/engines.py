@@ -88,16 +88,16 @@ def matmul_peak(threads: int, size: int = 1024, seconds: float = 2.0) -> float:
 def worker(args) -> None:
     """One rank (or the single TorchEngine process): build, warm up, time, report."""
     from grpo import distributed
-    from grpo.engine import DeepSpeedEngine, TorchEngine
+    from grpo.engine import DeepSpeedEngine, StepSettings, TorchEngine, ZeroSettings
 
     torch.set_num_threads(args.threads)
     kw = json.loads(args.engine_kwargs)
-    hp = dict(learning_rate=1e-6, beta=0.04, micro_batch_size=args.micro_batch_size)
+    settings = StepSettings(learning_rate=1e-6, beta=0.04, micro_batch_size=args.micro_batch_size)
     rollouts, advantages = make_batch(args.rows, args.prompt_len, args.completion_len)
     if kw is None:
-        engine = TorchEngine(None, device="cpu", **hp)
+        engine = TorchEngine(None, settings, device="cpu")
     else:
-        engine = DeepSpeedEngine(None, **kw, **hp)
+        engine = DeepSpeedEngine(None, settings, ZeroSettings(**kw))
         rows = list(range(engine.rank * args.rows // engine.world_size,
                           (engine.rank + 1) * args.rows // engine.world_size))
         rollouts, advantages = rollouts.select(rows), advantages[rows]

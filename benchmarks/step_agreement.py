@@ -33,13 +33,13 @@ LOSS_TYPES = {"grpo": "grpo", "token_mean": "dapo", "dr_grpo": "dr_grpo"}  # our
 # ---------------------------------------------------------------- grpo's side (grpo's venv)
 def make_rollouts(config, work: Path) -> dict:
     """One step's prompts (the trainer's own choice for step 0) and G sampled completions each."""
-    from grpo import components
-    from grpo.hf_sampler import HFSampler
+    from grpo import from_config
+    from grpo.sampler import HFSampler
     from grpo.trainer import prompt_indices
 
-    path = components.model_path(config)
-    tok = components.tokenizer(path)
-    train, _, prefill = components.datasets(config, tok)
+    path = from_config.model_path(config)
+    tok = from_config.tokenizer(path)
+    train, _, prefill = from_config.datasets(config, tok)
     rows = train[prompt_indices(0, len(train), config.prompts_per_step, config.seed)]
     sampler = HFSampler(path, config.num_generations, config.max_completion_length,
                         temperature=config.temperature, top_p=config.top_p, seed=config.seed)
@@ -59,23 +59,23 @@ def make_rollouts(config, work: Path) -> dict:
 def grpo_steps(config, data: dict, steps: int, work: Path) -> list[dict]:
     from safetensors.torch import save_file
 
-    from grpo import components
+    from grpo import from_config
     from grpo.advantages import group_advantages
     from grpo.rollouts import Rollouts
 
-    G, tok = data["group_size"], components.tokenizer(data["model"])
+    G, tok = data["group_size"], from_config.tokenizer(data["model"])
     completions = data["completion_ids"]
     texts = tok.batch_decode(completions, skip_special_tokens=True)
     rollouts = Rollouts.from_lists(
         [ids for ids in data["prompt_ids"] for _ in range(G)], completions,
         [[0.0] * len(c) for c in completions], data["truncated"], texts,
         [p for p in data["prompts"] for _ in range(G)], G, tok.pad_token_id)
-    rewards = components.reward_set(config)(
+    rewards = from_config.reward_set(config)(
         [data["prefill"] + t for t in texts],
         nums=[n for n in data["nums"] for _ in range(G)],
         target=[t for t in data["target"] for _ in range(G)])
     advantages = group_advantages(rewards.total, G, scale=config.scale_rewards)
-    engine = components.engine(config, data["model"])
+    engine = from_config.engine(config, data["model"])
     grads = {}
 
     def keep_grads(*_):  # after clipping, before the update: what the optimizer sees
@@ -230,8 +230,8 @@ def main() -> None:
     subprocess.run([str(TRL_PYTHON), __file__, "--trl", str(work / "settings.json")], check=True,
                    cwd=ROOT)
     from safetensors.torch import load_file
-    from grpo import components
-    initial = load_file(str(Path(components.model_path(config)) / "model.safetensors"))
+    from grpo import from_config
+    initial = load_file(str(Path(from_config.model_path(config)) / "model.safetensors"))
     initial = {k: v.float() for k, v in initial.items()}
     rows = compare(work, args.steps, initial)
     print(json.dumps({"grpo": ours, "trl_logs": json.loads((work / "trl_logs.json").read_text())},

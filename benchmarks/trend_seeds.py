@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/trend_seeds.py --seeds 1 2 3 4 --arms vllm:sampler=vllm hf:sampler=hf
     .venv/bin/python benchmarks/trend_seeds.py --seeds 1-8 --arms vllm:vllm_dtype=bfloat16 \
-        tis:vllm_dtype=bfloat16,vllm_importance_sampling_correction=true --steps 8
+        tis:vllm_dtype=bfloat16,tis_cap=2 --steps 8
 
 Each arm is `name:KEY=VALUE,...` (GRPOConfig overrides on top of the CPU recipe). Every (arm, seed)
 runs `python -m grpo.trainer` alone (two trainings at once on 2 cores run ~8x slower each),

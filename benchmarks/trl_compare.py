@@ -27,7 +27,6 @@ time means.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -42,7 +41,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from grpo import components  # noqa: E402
+from grpo import from_config  # noqa: E402
 from grpo.config import GRPOConfig  # noqa: E402
 from grpo.trainer import prompt_indices  # noqa: E402
 
@@ -121,26 +120,26 @@ def run_grpo(config, recipe, work: Path, steps: int, world: int) -> tuple[list[d
 
 
 def run_trl(config, work: Path, steps: int) -> tuple[list[dict], float]:
-    from grpo.engine import TorchEngine
+    from grpo.engine import StepSettings
 
     if not TRL_PYTHON.exists():
         subprocess.run(["bash", str(ROOT / "benchmarks" / "trl_env.sh")], check=True)
-    tok = components.tokenizer(components.model_path(config))
-    train, _, prefill = components.datasets(config, tok)
+    tok = from_config.tokenizer(from_config.model_path(config))
+    train, _, prefill = from_config.datasets(config, tok)
     # The puzzles grpo's trainer takes at each step, in that order (TRL keeps it: no shuffle)
     order = [i for step in range(steps)
              for i in prompt_indices(step, len(train), config.prompts_per_step, config.seed)]
     rows = train[order]
     name = f"trl-seed{config.seed}"
     settings = {
-        "model": components.model_path(config), "output_dir": str(work / name),
+        "model": from_config.model_path(config), "output_dir": str(work / name),
         "metrics": str(work / f"{name}.jsonl"), "prefill": prefill,
         "rewards": list(config.rewards), "prompts": list(rows["prompt"]),
         "nums": list(rows["nums"]), "target": list(rows["target"]),
         "prompts_per_step": (config.per_device_train_batch_size
                              * config.gradient_accumulation_steps // config.num_generations),
         # grpo's AdamW betas (TRL's default beta2 is 0.999): the same optimizer on both sides
-        "adam_betas": list(inspect.signature(TorchEngine).parameters["adam_betas"].default),
+        "adam_betas": list(StepSettings().adam_betas),
         "max_steps": steps, **{k: getattr(config, k) for k in (
             "seed", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_completion_length", "learning_rate",

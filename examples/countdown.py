@@ -22,8 +22,8 @@ piece with your own.
 import sys
 from pathlib import Path
 
-from grpo import components
-from grpo.config import GRPOConfig
+from grpo import from_config
+from grpo.cli import parse_config
 from grpo.data import TEMPLATES, build_prompts, countdown_splits
 from grpo.rewards import RewardSet, countdown_reward, format_reward, partial_format_reward
 from grpo.tracking import read_metrics
@@ -36,9 +36,9 @@ def main(argv: list[str]) -> None:
     # 1. Configuration: a recipe (YAML) with command-line overrides.
     if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
         argv = ["--config", str(CPU_RECIPE), *argv]
-    config = GRPOConfig.from_args(argv)
-    model = components.model_path(config)  # the packaged SmolLM2-135M-Instruct by default
-    tokenizer = components.tokenizer(model)
+    config = parse_config(argv, prog="examples/countdown.py")
+    model = from_config.model_path(config)  # the packaged SmolLM2-135M-Instruct by default
+    tokenizer = from_config.tokenizer(model)
 
     # 2. Data: puzzles generated locally (seeded), split so no puzzle is in both.
     splits = countdown_splits(config.num_train, config.num_test, seed=config.seed,
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> None:
 
     # 5. The trainer (engine.train_step) and the sampler (vLLM) hold a copy of the policy each;
     #    after every step the new weights are pushed into the running vLLM engine.
-    engine = components.engine(config, model)
-    sampler = components.sampler(config, model)
+    engine = from_config.engine(config, model)
+    sampler = from_config.sampler(config, model)
 
     # 6. The loop: sample G completions per puzzle -> rewards -> group advantages ->
     #    one GRPO step -> weight sync; with greedy evaluation on held-out puzzles before, every

@@ -6,10 +6,14 @@ A group whose rewards are all equal carries no signal and gets A = 0 exactly (ne
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-SCALES = ("group", "batch", "none")
+Scale = Literal["group", "batch", "none"]
+SCALES = typing.get_args(Scale)
 
 
 def group_advantages(

@@ -1,8 +1,9 @@
-"""Everything distributed, in one place: process-group setup, rank-0 printing, all-reduces.
+"""Everything distributed, in one place: process-group setup, all-reduces, a barrier.
 
 The rest of the library calls these and never `torch.distributed` directly, so one process (no
 launcher, no process group) and W processes (torchrun or the `deepspeed` launcher) run the same
-code: every reduction below is the identity when there is no process group.
+code: every reduction below is the identity when there is no process group. Tensors must be on
+the rank's device (CUDA under NCCL).
 
 Backends: NCCL when CUDA is available, gloo otherwise (DeepSpeed on this CPU machine uses gloo).
 Each rank uses `cuda:LOCAL_RANK` on GPUs. Launch with either of
@@ -52,20 +53,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def print0(*args, **kwargs) -> None:
-    """print on rank 0 only."""
-    if get_rank() == 0:
-        print(*args, **kwargs)
-
-
 def all_reduce_sum(tensor: Tensor) -> Tensor:  # any shape; returns a new tensor, same shape
     """Sum over ranks (a copy; the input is untouched). Identity in one process."""
     if not is_distributed():
@@ -73,10 +60,6 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:  # any shape; returns a new tensor
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
-
-
-def all_reduce_mean(tensor: Tensor) -> Tensor:  # any shape
-    return all_reduce_sum(tensor) / get_world_size()
 
 
 def all_reduce_max(tensor: Tensor) -> Tensor:  # any shape
@@ -92,7 +75,7 @@ def all_gather_ints(value: int, device: torch.device | str = "cpu") -> list[int]
     if not is_distributed():
         return [int(value)]
     mine = torch.tensor([int(value)], dtype=torch.long, device=device)
-    out = [torch.zeros_like(mine) for _ in range(get_world_size())]
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(out, mine)
     return [int(t.item()) for t in out]
 

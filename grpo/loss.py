@@ -21,12 +21,14 @@ How we differ from the paper, and from implementations that got it wrong:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import typing
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-LOSS_TYPES = ("grpo", "token_mean", "dr_grpo")
+LossType = Literal["grpo", "token_mean", "dr_grpo"]
+LOSS_TYPES = typing.get_args(LossType)
 
 
 class LossOutput(NamedTuple):
@@ -95,12 +97,7 @@ def grpo_loss(
     _check_inputs(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask,
                   sampler_logprobs)
     _check_hparams(eps_low, eps_high, beta, loss_type, max_completion_length, tis_cap)
-    if beta != 0 and ref_logprobs is None:
-        raise ValueError(f"ref_logprobs is None but beta={beta}: a KL penalty needs the reference")
-    if (tis_cap is None) != (sampler_logprobs is None):
-        raise ValueError("truncated importance sampling needs both tis_cap and sampler_logprobs, "
-                         f"got tis_cap={tis_cap} and sampler_logprobs="
-                         f"{'None' if sampler_logprobs is None else 'a tensor'}")
+    _check_pairs(beta, ref_logprobs, tis_cap, sampler_logprobs)
 
     mask = completion_mask.bool()
     zero = logprobs.new_zeros(())
@@ -224,3 +221,12 @@ def _check_inputs(logprobs, old_logprobs, ref_logprobs, advantages, completion_m
     if advantages.shape != shape[:1]:
         raise ValueError(f"advantages must be [N] with N={shape[0]}, "
                          f"got shape {tuple(advantages.shape)}")
+
+
+def _check_pairs(beta, ref_logprobs, tis_cap, sampler_logprobs) -> None:
+    if beta != 0 and ref_logprobs is None:
+        raise ValueError(f"ref_logprobs is None but beta={beta}: a KL penalty needs the reference")
+    if (tis_cap is None) != (sampler_logprobs is None):
+        raise ValueError("truncated importance sampling needs both tis_cap and sampler_logprobs, "
+                         f"got tis_cap={tis_cap} and sampler_logprobs="
+                         f"{'None' if sampler_logprobs is None else 'a tensor'}")

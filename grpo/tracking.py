@@ -1,6 +1,6 @@
 """Where metrics go: metrics.jsonl (always), TensorBoard (optional), completions.jsonl.
 
-A null logger on ranks other than 0, so the training loop never asks which rank it is on.
+Rank 0 writes through a `Tracker`; the other ranks hold a `NullTracker` that drops everything.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from grpo import checkpoint as ckpt
+from grpo import distributed
 from grpo.advantages import group_advantages, zero_variance_groups
 from grpo.config import GRPOConfig
 from grpo.seeds import derive_seed
@@ -37,26 +38,26 @@ class GRPOTrainer:
     def __init__(self, config: GRPOConfig, *, train_dataset=None, eval_dataset=None,
                  reward_set=None, sampler=None, engine=None, prefill: str | None = None):
         """Any piece left None is built from the config; pass your own to customise it."""
-        from grpo import components
+        from grpo import from_config as build
 
         self.config = c = config
         if c.resume_from_checkpoint:  # fail before loading anything
             self.resume_dir = ckpt.resolve_checkpoint(c.resume_from_checkpoint, c.output_dir)
         else:
             self.resume_dir = None
-        self.model_path = components.model_path(c)
-        components.check_context(c, self.model_path)
-        self.tokenizer = components.tokenizer(self.model_path)
+        self.model_path = build.model_path(c)
+        build.check_context(c, self.model_path)
+        self.tokenizer = build.tokenizer(self.model_path)
         if train_dataset is None:
-            train_dataset, eval_dataset, prefill = components.datasets(c, self.tokenizer)
+            train_dataset, eval_dataset, prefill = build.datasets(c, self.tokenizer)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.prefill = prefill or ""
-        self.reward_set = reward_set or components.reward_set(c)
+        self.reward_set = reward_set or build.reward_set(c)
         self.reward_set.check_columns(train_dataset.column_names)
-        self.engine = engine or components.engine(c, self.model_path)
+        self.engine = engine or build.engine(c, self.model_path)
         self.rank, self.world_size = getattr(self.engine, "rank", 0), getattr(
             self.engine, "world_size", 1)
-        self.sampler = sampler or components.sampler(c, self.model_path)
+        self.sampler = sampler or build.sampler(c, self.model_path)
         self.tracker = NullTracker()
 
     # ---------------------------------------------------------------- the loop
@@ -81,12 +82,13 @@ class GRPOTrainer:
                 rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
                                           **_repeat(rows, G, exclude=("prompt",)))
             advantages = group_advantages(rewards.total, G, scale=c.scale_rewards)
-            if c.mask_truncated_completions:
-                rollouts.completion_mask[rollouts.truncated] = 0
+            loss_mask = None  # the completions as sampled
+            if c.mask_truncated_completions:  # DAPO's overlong filter: out of the loss only
+                loss_mask = rollouts.completion_mask * ~rollouts.truncated[:, None]
             if c.vllm_enable_sleep_mode:  # GPU: give vLLM's memory to the train step
                 self.sampler.sleep()
             with timer("time/train"):
-                train_metrics = self.engine.train_step(rollouts, advantages)
+                train_metrics = self.engine.train_step(rollouts, advantages, loss_mask)
             with timer("time/sync"):
                 if c.vllm_enable_sleep_mode:
                     self.sampler.wake_up()
@@ -142,7 +144,7 @@ class GRPOTrainer:
             **timer.seconds,
             "tokens_per_second": lengths.sum().item() / max(seconds, 1e-9),
         }
-        return _mean_over_ranks(metrics, self.world_size)
+        return _mean_over_ranks(metrics, self.world_size, self.engine.device)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         """Greedy decoding on the held-out split; the mean of each reward."""
@@ -169,7 +171,7 @@ class GRPOTrainer:
             torch.save(ckpt.rng_state(), directory / f"rng_state_rank{self.rank}.pt")
 
         return ckpt.save_atomically(c.output_dir, step, write, state, keep=c.save_total_limit,
-                                    is_main=self.rank == 0, barrier=_barrier)
+                                    is_main=self.rank == 0, barrier=distributed.barrier)
 
     def _resume(self) -> int:
         import json
@@ -213,22 +215,13 @@ def _completion_rows(rollouts, rewards, advantages) -> list[dict]:
             for i in range(len(rollouts))]
 
 
-def _mean_over_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:
+def _mean_over_ranks(metrics: dict[str, float], world_size: int,
+                     device: torch.device) -> dict[str, float]:
     if world_size == 1:
         return metrics
-    import torch.distributed as dist
-
     keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(values)
-    return {k: v / world_size for k, v in zip(keys, values.tolist())}
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    return {k: v / world_size for k, v in zip(keys, distributed.all_reduce_sum(values).tolist())}
 
 
 def _progress(start: int, total: int, enabled: bool):
@@ -239,8 +232,10 @@ def _progress(start: int, total: int, enabled: bool):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m grpo.trainer --config recipe.yaml [--key value ...]`."""
-    GRPOTrainer(GRPOConfig.from_args(argv)).train()
+    """`python -m grpo.trainer --config recipe.yaml [--key value ...]`; `--help` lists the keys."""
+    from grpo.cli import parse_config
+
+    GRPOTrainer(parse_config(argv, prog="python -m grpo.trainer")).train()
 
 
 if __name__ == "__main__":

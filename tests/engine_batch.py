@@ -44,3 +44,23 @@ def rank_rows(num_rows: int, rank: int, world_size: int) -> list[int]:
     """Rank r's contiguous share of the rows (whole groups, as a trainer splits prompts)."""
     per = num_rows // world_size
     return list(range(rank * per, (rank + 1) * per))
+
+
+def gradients(engine, rollouts: Rollouts, advantages: torch.Tensor,
+              loss_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The full gradient of the engine's first update on this batch, without the optimizer step:
+    the engine's own step pieces (grpo.engine.step), read back and then dropped. Collective under
+    DeepSpeed: every rank calls it, with its own rows."""
+    from grpo.engine.step import _SUMS
+
+    batch = engine._prepare(rollouts, advantages, loss_mask)
+    engine._accumulate(batch, dict.fromkeys(_SUMS, torch.zeros((), dtype=torch.float64)), True)
+    if hasattr(engine, "ds"):  # DeepSpeedEngine: each gradient gathered and averaged over ranks
+        from deepspeed.utils import safe_get_full_grad
+
+        grads = {n: safe_get_full_grad(p) for n, p in engine.model.named_parameters()}
+        engine.ds.optimizer.zero_grad(set_to_none=True)
+    else:
+        grads = {n: p.grad for n, p in engine.model.named_parameters()}
+        engine.optimizer.zero_grad(set_to_none=True)
+    return {n: None if g is None else g.detach().clone() for n, g in grads.items()}

@@ -17,16 +17,16 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from engine_batch import make_batch, rank_rows  # noqa: E402
+from engine_batch import gradients, make_batch, rank_rows  # noqa: E402
 
 from grpo import distributed  # noqa: E402
-from grpo.engine import DeepSpeedEngine, TorchEngine  # noqa: E402
-from grpo.loss import GRPOLoss  # noqa: E402
+from grpo.engine import DeepSpeedEngine, StepSettings, TorchEngine, ZeroSettings  # noqa: E402
 
 LR = 1e-5
 # Each loss type against the one-process full-batch gradient, with a micro-batch size that also
@@ -44,12 +44,12 @@ def main() -> None:
     rollouts, advantages = make_batch()
     rows = rank_rows(len(rollouts), rank, world)
     local, local_adv = rollouts.select(rows), advantages[rows]
-    hp = dict(learning_rate=LR, beta=args.beta, max_completion_length=16)
+    settings = StepSettings(learning_rate=LR, beta=args.beta, max_completion_length=16)
     t0 = time.time()
-    ds = DeepSpeedEngine(None, zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer,
-                         offload_param=args.offload_param, nvme_path=args.nvme_path,
-                         micro_batch_size=2, **hp)
-    ref = TorchEngine(None, device="cpu", **hp) if rank == 0 else None
+    zero = ZeroSettings(zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer,
+                        offload_param=args.offload_param, nvme_path=args.nvme_path)
+    ds = DeepSpeedEngine(None, replace(settings, micro_batch_size=2), zero)
+    ref = TorchEngine(None, settings, device="cpu") if rank == 0 else None
     _log(rank, f"engines built in {time.time() - t0:.1f}s")
     out = {"world_size": world, "init_s": time.time() - t0, "ds_has_reference": ds.ref is not None}
     checks = args.checks.split(",")
@@ -111,20 +111,16 @@ def _compare_weights(ds, ref) -> dict:
 
 
 def _compare_grads(ds, ref, loss_type, local, full) -> dict:
-    loss = GRPOLoss(eps_low=0.2, beta=ds.beta, loss_type=loss_type, max_completion_length=16)
-    ds.loss_fn, ds.micro_batch_size = loss, GRAD_MICRO[loss_type]
+    ds_settings = ds.settings
+    ds.settings = replace(ds_settings, loss_type=loss_type, micro_batch_size=GRAD_MICRO[loss_type])
     reference = None
     if ref is not None:
-        ref.loss_fn, ref.micro_batch_size = loss, None
-        ref._gradients(*full)
-        reference = {n: g.clone() for n, g in ref._full_grads()}
-        ref._drop_grads()
-    ds._gradients(*local)
-    result = _max_diff(ds._full_grads(), reference)
-    ds._drop_grads()
-    ds.loss_fn, ds.micro_batch_size = GRPOLoss(beta=ds.beta, max_completion_length=16), 2
-    if ref is not None:
-        ref.loss_fn = ds.loss_fn
+        ref_settings = ref.settings
+        ref.settings = replace(ref_settings, loss_type=loss_type, micro_batch_size=None)
+        reference = gradients(ref, *full)
+        ref.settings = ref_settings
+    result = _max_diff(gradients(ds, *local).items(), reference)
+    ds.settings = ds_settings
     result.pop("names")
     return result
 

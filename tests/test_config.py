@@ -16,9 +16,19 @@ def test_yaml_then_cli_overrides(tmp_path):
     assert (c.completions_per_step, c.prompts_per_step) == (8, 4)
 
 
-def test_unknown_key_names_it_and_suggests_the_closest():
-    with pytest.raises(ValueError, match=r"'learning_rat' \(did you mean 'learning_rate'\?\)"):
+def test_unknown_keys_are_named_with_the_closest_field():
+    with pytest.raises(ValueError, match=r"^unknown config keys: 'learning_rat' \(did you mean "
+                                         r"'learning_rate'\?\), 'max_step' \(did you mean "
+                                         r"'max_steps'\?\), 'zzz'$"):
+        GRPOConfig.from_dict({"learning_rat": 1e-6, "max_steps": 3, "max_step": 3, "zzz": 1})
+
+
+def test_from_args_raises_value_error_for_python_callers():
+    with pytest.raises(ValueError, match=r"unknown option --learning_rat \(did you mean "
+                                         r"--learning_rate\?\)"):
         GRPOConfig.from_args(["--learning_rat", "1e-6"])
+    with pytest.raises(ValueError, match="^max_steps must be int, got 'ten'$"):
+        GRPOConfig.from_args(["--max_steps", "ten"])
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -38,6 +48,53 @@ def test_contradictory_settings(kwargs, match):
         GRPOConfig(**kwargs)
 
 
-def test_wrong_type_from_the_command_line():
-    with pytest.raises(ValueError, match="max_steps"):
-        GRPOConfig.from_args(["--max_steps", "ten"])
+@pytest.mark.parametrize("key,value,expected", [
+    ("learning_rate", "1e-6", 1e-6),  # YAML 1.1 reads 1e-6 (no dot) as a string
+    ("max_steps", "12", 12),
+    ("max_steps", 12.0, 12),
+    ("model", 123, "123"),
+    ("bf16", "Yes", True),
+    ("bf16", "false", False),
+    ("bf16", 1, True),
+    ("bf16", 0, False),
+    ("eps_high", "none", None),  # `X | None` fields: none and null, any case
+    ("eps_high", "None", None),
+    ("eps_high", "NULL", None),
+    ("resume_from_checkpoint", "null", None),
+    ("reward_weights", "none", None),
+    ("scale_rewards", "none", "none"),  # not optional: "none" is one of its choices
+    ("zero_stage", "2", 2),  # a Literal's value takes the type of its choices
+    ("loss_type", "dr_grpo", "dr_grpo"),
+    ("dataset_column_map", {"answer": "target"}, {"answer": "target"}),
+])
+def test_values_are_coerced_to_the_field_type(key, value, expected):
+    got = getattr(GRPOConfig.from_dict({key: value}), key)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("max_steps", "ten", "max_steps must be int, got 'ten'"),
+    ("max_steps", 2.5, "max_steps must be int, got 2.5"),
+    ("max_steps", True, "max_steps must be int, got True"),  # a bool is no int here
+    ("max_steps", None, "max_steps must be int, got None"),  # only `X | None` fields take None
+    ("max_steps", "none", "max_steps must be int, got 'none'"),
+    ("learning_rate", [1], "learning_rate must be float, got [1]"),
+    ("eps_high", "high", "eps_high must be float or None, got 'high'"),
+    ("bf16", "maybe", "bf16 must be bool, got 'maybe'"),
+    ("bf16", 2, "bf16 must be bool, got 2"),
+    ("rewards", "format", "rewards must be list, got 'format'"),
+    ("reward_weights", 1.0, "reward_weights must be list or None, got 1.0"),
+    ("dataset_column_map", ["a"], "dataset_column_map must be dict, got ['a']"),
+    ("zero_stage", "1", "zero_stage must be one of (2, 3), got '1'"),
+])
+def test_wrong_types_name_the_key(key, value, message):
+    with pytest.raises(ValueError) as error:
+        GRPOConfig.from_dict({key: value})
+    assert str(error.value) == message
+
+
+def test_to_dict_round_trips():
+    c = GRPOConfig(max_steps=3, eps_high=0.28, rewards=["format"], bf16=True, zero_stage=2,
+                   dataset_column_map={"answer": "target"})
+    assert GRPOConfig.from_dict(c.to_dict()) == c
+    assert GRPOConfig.from_dict(c.to_dict()) != GRPOConfig()

@@ -10,9 +10,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from grpo.engine import TorchEngine
-from grpo.engine.common import LogprobModel, learning_rate_at, micro_batch_slices
+from dataclasses import replace
+
+from engine_batch import gradients
+from grpo.engine import StepSettings, TorchEngine, ZeroSettings
+from grpo.engine.deepspeed_engine import LogprobModel
 from grpo.engine.ds_config import build_ds_config
+from grpo.engine.step import micro_batch_slices
 from grpo.logprobs import sequence_logprobs
 from grpo.rollouts import Rollouts
 
@@ -49,14 +53,15 @@ def _batch(n=8, seed=0, shared_prompts=False) -> tuple[Rollouts, torch.Tensor]:
 
 def _engine(path, **kw) -> TorchEngine:
     kw.setdefault("learning_rate", 1e-3)
-    return TorchEngine(path, device="cpu", max_completion_length=6, **kw)
+    return TorchEngine(path, StepSettings(max_completion_length=6, **kw), device="cpu")
 
 
-def _grads(engine, rollouts, advantages) -> dict[str, torch.Tensor]:
-    engine._gradients(rollouts, advantages)
-    out = {n: g.clone() for n, g in engine._full_grads()}
-    engine._drop_grads()
-    return out
+def _with(engine, **changes) -> TorchEngine:
+    engine.settings = replace(engine.settings, **changes)
+    return engine
+
+
+_grads = gradients
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "token_mean", "dr_grpo"])
@@ -65,8 +70,7 @@ def test_gradient_does_not_depend_on_micro_batch_size(tiny_model, loss_type):
     engine = _engine(tiny_model, loss_type=loss_type, beta=0.1)
     whole = _grads(engine, rollouts, advantages)
     for micro in (1, 3, 5):  # 3 and 5 leave a shorter last micro-batch
-        engine.micro_batch_size = micro
-        split = _grads(engine, rollouts, advantages)
+        split = _grads(_with(engine, micro_batch_size=micro), rollouts, advantages)
         for name in whole:  # fp32 sums in another order: a few ulps of the largest entry
             assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6 * whole[name].abs().max())
 
@@ -183,6 +187,25 @@ def test_named_weights_is_the_state_dict(tiny_model):
         assert torch.equal(weights[name], state[name])
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "token_mean"])
+def test_rows_out_of_the_loss_mask_count_as_if_never_sampled(tiny_model, loss_type):
+    """loss_mask (the trainer's truncation filter) zeroes rows 0-1: the gradient is that of the
+    other six rows alone, normaliser included; the forward still sees whole completions."""
+    rollouts, advantages = _batch()
+    engine = _engine(tiny_model, beta=0.1, loss_type=loss_type, micro_batch_size=3)
+    loss_mask = rollouts.completion_mask.clone()
+    loss_mask[:2] = 0
+    masked = _grads(engine, rollouts, advantages, loss_mask)
+    rest = _grads(engine, rollouts.select(range(2, 8)), advantages[2:])
+    for name in rest:
+        assert_close(masked[name], rest[name], rtol=1e-5, atol=1e-6 * rest[name].abs().max())
+    full = _grads(engine, rollouts, advantages)
+    assert any(not torch.allclose(full[n], rest[n]) for n in rest)  # the two rows did count
+    metrics = engine.train_step(rollouts, advantages, loss_mask)
+    sampled = int(rollouts.completion_mask.sum())
+    assert metrics["num_tokens"] == sampled - int(rollouts.completion_mask[:2].sum())
+
+
 def test_truncated_importance_sampling_is_the_weighted_loss_in_any_micro_batch_split(tiny_model):
     """tis_cap: the engine's gradient is that of grpo_loss with the batch's sampler log-probs
     (a sampler off by -1.5 .. +1.5 nats per token, so some weights pass the cap of 2), however
@@ -204,8 +227,7 @@ def test_truncated_importance_sampling_is_the_weighted_loss_in_any_micro_batch_s
     expected = dict(zip(params, torch.autograd.grad(want.loss, list(params.values()))))
     plain = _grads(_engine(tiny_model, beta=0.0), rollouts, advantages)
     for micro in (None, 3):
-        engine.micro_batch_size = micro
-        got = _grads(engine, rollouts, advantages)
+        got = _grads(_with(engine, micro_batch_size=micro), rollouts, advantages)
         for name in expected:
             assert_close(got[name], expected[name], rtol=1e-5,
                          atol=1e-6 * expected[name].abs().max())
@@ -246,8 +268,8 @@ def test_shared_prompt_forward_takes_the_same_step():
     rollouts, advantages = make_batch()
     after = {}
     for share in (True, False):
-        engine = TorchEngine(None, device="cpu", learning_rate=1e-5, beta=0.04,
-                             micro_batch_size=4, share_prompt_forward=share)
+        engine = TorchEngine(None, StepSettings(learning_rate=1e-5, beta=0.04, micro_batch_size=4,
+                                                share_prompt_forward=share), device="cpu")
         grads = _grads(engine, rollouts, advantages)
         metrics = engine.train_step(rollouts, advantages)
         after[share] = grads, metrics, {n: p.detach().clone()
@@ -269,11 +291,14 @@ def test_shared_prompt_forward_takes_the_same_step():
 
 
 def test_learning_rate_schedules():
-    assert learning_rate_at(0, 1.0, "constant", warmup_steps=3) == 0.25  # (0+1)/(3+1)
-    assert learning_rate_at(3, 1.0, "constant", warmup_steps=3) == 1.0
-    assert learning_rate_at(2, 1.0, "cosine", 2, 6) == 1.0  # warmup done: cos(0)
-    assert learning_rate_at(4, 1.0, "cosine", 2, 6) == pytest.approx(0.5)  # half way: cos(pi/2)
-    assert learning_rate_at(6, 1.0, "cosine", 2, 6) == pytest.approx(0.0)
+    warm = StepSettings(learning_rate=1.0, warmup_steps=3)
+    assert warm.learning_rate_at(0) == 0.25  # (0+1)/(3+1)
+    assert warm.learning_rate_at(3) == 1.0
+    cosine = StepSettings(learning_rate=1.0, lr_scheduler_type="cosine", warmup_steps=2,
+                          max_steps=6)
+    assert cosine.learning_rate_at(2) == 1.0  # warmup done: cos(0)
+    assert cosine.learning_rate_at(4) == pytest.approx(0.5)  # half way: cos(pi/2)
+    assert cosine.learning_rate_at(6) == pytest.approx(0.0)
 
 
 def test_micro_batch_slices():
@@ -290,9 +315,9 @@ def test_micro_batch_slices():
     (dict(temperature=0.0), "temperature"),
     (dict(tis_cap=0.9), "tis_cap"),
 ])
-def test_bad_engine_arguments_fail_before_loading(kwargs, match):
+def test_bad_step_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        TorchEngine("/nonexistent/model", **kwargs)  # the check runs before the model loads
+        StepSettings(**kwargs)  # so no engine is ever built from them
 
 
 def test_bad_batch(tiny_model):
@@ -317,13 +342,15 @@ def test_bad_batch(tiny_model):
 ])
 def test_ds_config_contradicting_the_grpo_config_is_refused(user, match):
     with pytest.raises(ValueError, match=match):
-        build_ds_config(zero_stage=3, micro_batch_size=2, world_size=2, ds_config=user)
+        build_ds_config(ZeroSettings(zero_stage=3, deepspeed_config=user),
+                        StepSettings(micro_batch_size=2), world_size=2)
 
 
 def test_ds_config_fills_auto_and_keeps_tuning():
-    config = build_ds_config(zero_stage=3, micro_batch_size=2, world_size=2, max_grad_norm=0.5,
-                             ds_config={"gradient_accumulation_steps": "auto",
-                                        "zero_optimization": {"stage3_max_live_parameters": 7}})
+    user = {"gradient_accumulation_steps": "auto",
+            "zero_optimization": {"stage3_max_live_parameters": 7}}
+    config = build_ds_config(ZeroSettings(zero_stage=3, deepspeed_config=user),
+                             StepSettings(micro_batch_size=2, max_grad_norm=0.5), world_size=2)
     assert config["gradient_accumulation_steps"] == 1 and config["train_batch_size"] == 4
     assert config["gradient_clipping"] == 0.5
     assert config["zero_optimization"]["stage3_max_live_parameters"] == 7
@@ -334,23 +361,26 @@ def test_zero_buckets_are_sized_from_the_hidden_size_unless_given():
 
     user = {"zero_optimization": {"stage3_prefetch_bucket_size": 123,
                                   "stage3_param_persistence_threshold": "auto"}}
-    zero = size_buckets(build_ds_config(zero_stage=3, ds_config=user), 576)["zero_optimization"]
+    zero = size_buckets(build_ds_config(ZeroSettings(deepspeed_config=user), StepSettings()),
+                        576)["zero_optimization"]
     assert zero["reduce_bucket_size"] == 331_776  # 576^2
     assert zero["stage3_prefetch_bucket_size"] == 123  # the user's own
     assert zero["stage3_param_persistence_threshold"] == 5_760  # "auto": 10 x 576
-    zero2 = size_buckets(build_ds_config(zero_stage=2), 576)["zero_optimization"]
+    zero2 = size_buckets(build_ds_config(ZeroSettings(zero_stage=2), StepSettings()),
+                         576)["zero_optimization"]
     assert zero2["reduce_bucket_size"] == 331_776 and "stage3_prefetch_bucket_size" not in zero2
 
 
 def test_nvme_offload_needs_a_writable_path(tmp_path):
     with pytest.raises(ValueError, match="nvme_path"):
-        build_ds_config(offload_param="nvme")
+        ZeroSettings(offload_param="nvme")
     blocker = tmp_path / "file"
     blocker.write_text("x")  # a file where the folder should be: mkdir fails
+    zero = ZeroSettings(offload_optimizer="nvme", nvme_path=str(blocker / "swap"))
     with pytest.raises(ValueError, match="not a writable folder"):
-        build_ds_config(offload_optimizer="nvme", nvme_path=str(blocker / "swap"))
+        build_ds_config(zero, StepSettings())
     with pytest.raises(ValueError, match="zero_stage=3"):
-        build_ds_config(zero_stage=2, offload_param="cpu")
+        ZeroSettings(zero_stage=2, offload_param="cpu")
 
 
 def test_bf16_autocast_step_runs_with_fp32_master_weights(tiny_model):

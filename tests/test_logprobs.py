@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from grpo.logprobs import (chunked_logprobs, naive_logprobs, prompt_groups,
-                           sequence_logprobs)
+from grpo.logprobs import chunked_logprobs, naive_logprobs, sequence_logprobs
+from grpo.shared_prompt import prompt_groups
 
 F64 = torch.float64
 

@@ -9,7 +9,8 @@ import torch
 
 from grpo.logprobs import sequence_logprobs
 from grpo.models import resolve_model
-from grpo.sampler import GroupSampler, HFSampler, Rollouts, VLLMSampler, _row_seed
+from grpo.sampler import GroupSampler, HFSampler, Rollouts, VLLMSampler
+from grpo.sampler.vllm import _row_seed
 
 EOS = 2  # SmolLM2's <|im_end|>, also its pad token
 

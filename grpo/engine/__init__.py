@@ -1,7 +1,15 @@
 """Training engines: one small interface, a plain single-process engine and DeepSpeed ZeRO.
 
-`TorchEngine` and `DeepSpeedEngine` are imported on first use, so `import grpo.engine` does not
-import DeepSpeed (or transformers).
+| module | holds |
+| --- | --- |
+| `settings.py` | `StepSettings` (what both engines do), `ZeroSettings` (DeepSpeed only) |
+| `step.py` | `StepEngine.train_step`: the GRPO step, written once |
+| `torch_engine.py` | `TorchEngine`: one process, torch AdamW, bf16 autocast on request |
+| `deepspeed_engine.py` | `DeepSpeedEngine`: ZeRO-2/3, offload to cpu or nvme |
+| `ds_config.py` | the DeepSpeed config built from the settings (pure) |
+| `weights.py` | loading the model, state-dict names, writing a Hugging Face directory |
+
+DeepSpeed and transformers are imported when an engine is built, not by `import grpo.engine`.
 """
 
 from __future__ import annotations
@@ -11,6 +19,9 @@ from typing import Iterator, Protocol
 import torch
 from torch import Tensor
 
+from grpo.engine.deepspeed_engine import DeepSpeedEngine
+from grpo.engine.settings import StepSettings, ZeroSettings
+from grpo.engine.torch_engine import TorchEngine
 from grpo.rollouts import Rollouts
 
 
@@ -21,8 +32,10 @@ class Engine(Protocol):
     world_size: int  # data-parallel ranks (1 in TorchEngine)
     model: torch.nn.Module  # the trainable transformers model (ZeRO-3: partitioned parameters)
     step: int  # train_step calls so far (what the learning-rate schedule counts)
+    settings: StepSettings
 
-    def train_step(self, rollouts: Rollouts, advantages: Tensor) -> dict[str, float]:
+    def train_step(self, rollouts: Rollouts, advantages: Tensor,
+                   loss_mask: Tensor | None = None) -> dict[str, float]:
         """One optimizer step (or num_iterations of them) on this batch; returns metrics."""
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
@@ -36,14 +49,4 @@ class Engine(Protocol):
         """[N, T] log-probs of the completions under the frozen reference; None when beta == 0."""
 
 
-__all__ = ["Engine", "TorchEngine", "DeepSpeedEngine"]
-
-
-def __getattr__(name: str):
-    if name == "TorchEngine":
-        from grpo.engine.torch_engine import TorchEngine
-        return TorchEngine
-    if name == "DeepSpeedEngine":
-        from grpo.engine.deepspeed_engine import DeepSpeedEngine
-        return DeepSpeedEngine
-    raise AttributeError(f"module 'grpo.engine' has no attribute {name!r}")
+__all__ = ["DeepSpeedEngine", "Engine", "StepSettings", "TorchEngine", "ZeroSettings"]

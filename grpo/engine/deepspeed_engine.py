@@ -25,6 +25,7 @@ How it differs from a stock DeepSpeed loop, and why:
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,98 +33,68 @@ import torch
 from torch import Tensor
 
 from grpo import distributed
-from grpo.engine.base import StepEngine
-from grpo.engine.common import (STATE_DIR, LogprobModel, check_engine_args, weight_names,
-                                write_hf_directory)
-from grpo.engine.ds_config import (build_ds_config, check_offload, reference_config,
-                                   size_buckets)
-from grpo.engine.torch_engine import load_causal_lm
+from grpo.engine.ds_config import build_ds_config, reference_config, size_buckets
+from grpo.engine.settings import StepSettings, ZeroSettings
+from grpo.engine.step import StepEngine
+from grpo.engine.weights import STATE_DIR, load_causal_lm, weight_names, write_hf_directory
+from grpo.logprobs import chunked_logprobs
 from grpo.models import resolve_model
+from grpo.shared_prompt import completion_hidden
 
 
 class DeepSpeedEngine(StepEngine):
-    """TorchEngine's keywords plus ZeRO stage and offload; see the module docstring."""
+    """The GRPO step under DeepSpeed ZeRO; see the module docstring.
 
-    def __init__(self, model: str | None = None, *, learning_rate: float = 1e-6,
-                 weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.99),
-                 max_grad_norm: float = 1.0, lr_scheduler_type: str = "constant",
-                 warmup_steps: int = 0, max_steps: int | None = None,
-                 micro_batch_size: int | None = None, num_iterations: int = 1,
-                 eps_low: float = 0.2, eps_high: float | None = None, beta: float = 0.04,
-                 loss_type: str = "grpo", max_completion_length: int | None = None,
-                 temperature: float = 1.0, gradient_checkpointing: bool = False,
-                 bf16: bool = False, device: str | None = None, logprob_chunk_size: int = 1024,
-                 share_prompt_forward: bool = True,
-                 tis_cap: float | None = None, zero_stage: int = 3,
-                 offload_optimizer: str = "none", offload_param: str = "none",
-                 nvme_path: str | None = None, ds_config: dict | str | None = None):
-        check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
-                          adam_betas=adam_betas, max_grad_norm=max_grad_norm,
-                          lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
-                          max_steps=max_steps, micro_batch_size=micro_batch_size,
-                          num_iterations=num_iterations, loss_type=loss_type,
-                          temperature=temperature, logprob_chunk_size=logprob_chunk_size,
-                          share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
-        check_offload(zero_stage, offload_optimizer, offload_param, nvme_path)
-        self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
-                           warmup_steps=warmup_steps, max_steps=max_steps,
-                           micro_batch_size=micro_batch_size, num_iterations=num_iterations,
-                           eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
-                           max_completion_length=max_completion_length,
-                           temperature=temperature, max_grad_norm=max_grad_norm,
-                           logprob_chunk_size=logprob_chunk_size,
-                           share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
+    `DeepSpeedEngine(model, StepSettings(...), ZeroSettings(zero_stage=3, offload_optimizer=
+    "cpu"))`, in every process of a launched job (or a plain process: a world of one)."""
+
+    def __init__(self, model: str | None = None, settings: StepSettings = StepSettings(),
+                 zero: ZeroSettings = ZeroSettings()):
+        if zero.offload_param == "nvme":
+            # The shared-prompt forward runs every layer twice in one forward (prompts, then
+            # completions); DeepSpeed 0.19.8's nvme parameter swapper then runs out of swap
+            # buffers ("Not enough buffers 0 for swapping 1"), so this offload keeps one pass.
+            settings = replace(settings, share_prompt_forward=False)
+        super().__init__(settings)
+        self.zero = zero
         self.rank, self.world_size, self.device = distributed.init_distributed(require_group=True)
-        if device is not None and torch.device(device).type != self.device.type:
-            raise ValueError(f"device={device!r}, but this rank runs on {self.device} (DeepSpeed "
-                             "places each rank on cuda:LOCAL_RANK, or on the CPU)")
-        if offload_optimizer == "nvme" and self.world_size > 1:
+        if zero.offload_optimizer == "nvme" and self.world_size > 1:
             raise ValueError(
                 f"offload_optimizer='nvme' with {self.world_size} ranks: DeepSpeed 0.19.8 gives "
                 "wrong gradients there (exact with one rank; see grpo/engine/deepspeed_engine.py)"
                 "; use offload_optimizer='cpu' or a single rank")
-        self.config = build_ds_config(
-            zero_stage=zero_stage, offload_optimizer=offload_optimizer,
-            offload_param=offload_param, nvme_path=nvme_path, micro_batch_size=micro_batch_size,
-            world_size=self.world_size, max_grad_norm=max_grad_norm, bf16=bf16,
-            pin_memory=self.device.type == "cuda", ds_config=ds_config)
-        if "nvme" in (offload_optimizer, offload_param):
+        self.config = build_ds_config(zero, settings, world_size=self.world_size,
+                                      pin_memory=self.device.type == "cuda")
+        if zero.uses_nvme:
             _check_async_io()
-        self.zero_stage, self.bf16 = zero_stage, bf16
-        if offload_param == "nvme":
-            # The shared-prompt forward runs every layer twice in one forward (prompts, then
-            # completions); DeepSpeed 0.19.8's nvme parameter swapper then runs out of swap
-            # buffers ("Not enough buffers 0 for swapping 1"), so this offload keeps one pass.
-            self.share_prompt_forward = False
         self.source = resolve_model(model)
         size_buckets(self.config, _hidden_size(self.source))
-        self._build(gradient_checkpointing, learning_rate, adam_betas, weight_decay,
-                    offload_optimizer != "none")
+        self._build()
 
-    def _build(self, gradient_checkpointing, lr, betas, weight_decay, offloaded) -> None:
+    def _build(self) -> None:
         import deepspeed
 
+        s = self.settings
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         lm, ref = self._load_models()
-        if gradient_checkpointing:
+        if s.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if offloaded:  # DeepSpeed requires its own CPU Adam for offloaded optimizer states
+        adamw = dict(lr=s.learning_rate, betas=s.adam_betas, weight_decay=s.weight_decay)
+        if self.zero.offload_optimizer != "none":  # offloaded states need DeepSpeed's CPU Adam
             from deepspeed.ops.adam import DeepSpeedCPUAdam
-            optimizer = DeepSpeedCPUAdam(lm.parameters(), lr=lr, betas=tuple(betas),
-                                         weight_decay=weight_decay, adamw_mode=True)
+            optimizer = DeepSpeedCPUAdam(lm.parameters(), adamw_mode=True, **adamw)
         else:
-            optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, betas=tuple(betas),
-                                          weight_decay=weight_decay)
+            optimizer = torch.optim.AdamW(lm.parameters(), **adamw)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=LogprobModel(lm), optimizer=optimizer, config=self.config)
         self.model = lm
         self.ref = None
-        if ref is not None and self.zero_stage == 3:
+        if ref is not None and self.zero.zero_stage == 3:
             self.ref = deepspeed.initialize(model=LogprobModel(ref),
                                             config=reference_config(self.config))[0]
             self.ref.eval()
         elif ref is not None:
-            self.ref = LogprobModel(ref.to(torch.bfloat16) if self.bf16 else ref).to(self.device)
+            self.ref = LogprobModel(ref.to(torch.bfloat16) if s.bf16 else ref).to(self.device)
         self._check_partition_dtype()
 
     def _load_models(self):
@@ -131,11 +102,11 @@ class DeepSpeedEngine(StepEngine):
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-        keep_alive = HfDeepSpeedConfig(self.config) if self.zero_stage == 3 else None
+        keep_alive = HfDeepSpeedConfig(self.config) if self.zero.zero_stage == 3 else None
         try:
             lm = load_causal_lm(self.source, "cpu" if keep_alive else self.device, True)
             ref = None
-            if self.beta != 0:
+            if self.settings.beta != 0:
                 if keep_alive is not None:  # sharded as well, with its own inference config
                     keep_alive = HfDeepSpeedConfig(reference_config(self.config))
                 ref = load_causal_lm(self.source, "cpu" if keep_alive else self.device, False)
@@ -144,7 +115,7 @@ class DeepSpeedEngine(StepEngine):
         return lm, ref
 
     def _check_partition_dtype(self) -> None:
-        want = torch.bfloat16 if self.bf16 else torch.float32
+        want = torch.bfloat16 if self.settings.bf16 else torch.float32
         for name, p in self.model.named_parameters():
             stored = getattr(p, "ds_tensor", p)
             if stored.dtype != want:
@@ -159,9 +130,9 @@ class DeepSpeedEngine(StepEngine):
                              f"must divide evenly among the {self.world_size} ranks), got {rows}")
 
     def _run(self, engine, batch, with_entropy):
+        s = self.settings
         return engine(batch.input_ids, batch.attention_mask, batch.completion_mask,
-                      self.temperature, self.logprob_chunk_size, with_entropy,
-                      self.share_prompt_forward)
+                      s.temperature, s.logprob_chunk_size, with_entropy, s.share_prompt_forward)
 
     def _policy_logprobs(self, batch, with_entropy):
         logprobs, entropy = self._run(self.ds, batch, with_entropy)
@@ -191,18 +162,6 @@ class DeepSpeedEngine(StepEngine):
     def _set_lr(self, lr: float) -> None:
         for group in self.ds.optimizer.param_groups:
             group["lr"] = lr
-
-    def _full_grads(self) -> Iterator[tuple[str, Tensor]]:
-        """Each parameter's full (rank-averaged) gradient, gathered; collective, like
-        named_weights. Valid after `_gradients`, before `_drop_grads`."""
-        from deepspeed.utils import safe_get_full_grad
-
-        for name, p in self.model.named_parameters():
-            grad = safe_get_full_grad(p)
-            yield name, None if grad is None else grad.detach().clone()
-
-    def _drop_grads(self) -> None:
-        self.ds.optimizer.zero_grad(set_to_none=True)
 
     # ---- weights and checkpoints ---------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
@@ -254,3 +213,53 @@ def _hidden_size(path: str) -> int | None:
     config = AutoConfig.from_pretrained(path)
     config = getattr(config, "text_config", config)  # multimodal configs nest the LM's
     return getattr(config, "hidden_size", None)
+
+
+class LogprobModel(torch.nn.Module):
+    """A causal LM that returns the chosen tokens' log-probs (grpo.logprobs.sequence_logprobs).
+
+    Under ZeRO-3 a weight is only materialised inside the forward of a module that owns it, so
+    the output projection must run inside a module: `head` holds the output-embedding Parameter
+    itself (shared, as tied weights are) and runs `chunked_logprobs` in its forward; DeepSpeed
+    gathers the weight around that forward and again for its backward. Numerically it is
+    `sequence_logprobs` (tests/test_engine.py checks it).
+    """
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.head = _ChunkedHead(lm.get_output_embeddings())
+
+    def forward(
+        self,
+        input_ids: Tensor,  # [N, P + T]
+        attention_mask: Tensor,  # [N, P + T]
+        completion_mask: Tensor,  # [N, T]
+        temperature: float = 1.0,
+        chunk_size: int = 1024,
+        with_entropy: bool = False,
+        share_prompts: bool = True,
+    ) -> tuple[Tensor, Tensor]:  # logprobs [N, T], entropy [N, T] (zeros when not asked)
+        t = completion_mask.shape[1]
+        hidden = completion_hidden(self.lm.base_model, input_ids, attention_mask, t,
+                                   share_prompts)  # [N, T, H]
+        mask = completion_mask.bool()
+        logprobs, entropy = self.head(hidden[mask], input_ids[:, -t:][mask], temperature,
+                                      chunk_size, with_entropy)
+        out = logprobs.new_zeros(mask.shape).masked_scatter(mask, logprobs)
+        ent = logprobs.new_zeros(mask.shape)
+        if with_entropy:
+            ent = ent.masked_scatter(mask, entropy)
+        return out, ent
+
+
+class _ChunkedHead(torch.nn.Module):
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.weight = head.weight  # the same Parameter (tied to the input embedding in SmolLM2)
+        self.bias = getattr(head, "bias", None)
+
+    def forward(self, hidden, targets, temperature, chunk_size, with_entropy):
+        # hidden [M, H], targets [M] -> logprobs [M], entropy [M] or None
+        return chunked_logprobs(hidden, self.weight, targets, temperature, bias=self.bias,
+                                chunk_size=chunk_size, with_entropy=with_entropy)

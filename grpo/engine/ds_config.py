@@ -1,7 +1,7 @@
-"""The DeepSpeed config of a DeepSpeedEngine, built from the GRPO arguments (pure; no DeepSpeed).
+"""The DeepSpeed config of a DeepSpeedEngine, built from its settings (pure; no DeepSpeed).
 
 The engine owns batch splitting, the optimizer, the learning-rate schedule and clipping, so a
-user's `ds_config` may add DeepSpeed tuning (ZeRO buckets, aio, prefetch sizes) but must not
+user's `deepspeed_config` may add DeepSpeed tuning (ZeRO buckets, aio, prefetch sizes) but must not
 contradict those: each contradiction is a ValueError naming the key and both values, raised
 before any model is loaded. "auto" (the Hugging Face convention) means "fill in from GRPO".
 
@@ -15,38 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-OFFLOADS = ("none", "cpu", "nvme")
+from grpo.engine.settings import StepSettings, ZeroSettings
+
 # Buffers for parameter swapping; must hold the largest parameter (SmolLM2's embedding has
 # 49152 x 576 = 28.3 M elements). DeepSpeed's default of 1e8 x 5 buffers is 2 GB per rank.
 _PARAM_NVME_BUFFER = 30_000_000
-
-
-def check_offload(zero_stage: int, offload_optimizer: str, offload_param: str,
-                  nvme_path: str | None) -> None:
-    """Stage and offload arguments; an nvme path must exist or be creatable, and writable."""
-    if zero_stage not in (2, 3):
-        raise ValueError(f"zero_stage must be 2 or 3, got {zero_stage!r}")
-    for name, value in (("offload_optimizer", offload_optimizer), ("offload_param", offload_param)):
-        if value not in OFFLOADS:
-            raise ValueError(f"{name} must be one of {OFFLOADS}, got {value!r}")
-    if offload_param != "none" and zero_stage != 3:
-        raise ValueError(f"offload_param={offload_param!r} needs zero_stage=3 (ZeRO-2 does not "
-                         f"partition parameters), got zero_stage={zero_stage}")
-    if "nvme" not in (offload_optimizer, offload_param):
-        return
-    if not nvme_path:
-        raise ValueError("nvme offload needs nvme_path (a folder on a fast local disk), got "
-                         f"nvme_path={nvme_path!r}")
-    path = Path(nvme_path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ValueError(f"nvme_path {str(path)!r} is not a writable folder: {err}") from None
 
 
 def load_user_config(ds_config: dict | str | os.PathLike | None) -> dict:
@@ -56,18 +31,15 @@ def load_user_config(ds_config: dict | str | os.PathLike | None) -> dict:
         return json.loads(json.dumps(ds_config))  # a deep copy we may fill in
     path = Path(ds_config)
     if not path.is_file():
-        raise ValueError(f"ds_config must be a dict or a JSON file, got {str(ds_config)!r}")
+        raise ValueError(f"deepspeed_config must be a dict or a JSON file, got {str(ds_config)!r}")
     return json.loads(path.read_text())
 
 
-def build_ds_config(*, zero_stage: int = 3, offload_optimizer: str = "none",
-                    offload_param: str = "none", nvme_path: str | None = None,
-                    micro_batch_size: int | None = None, world_size: int = 1,
-                    max_grad_norm: float = 1.0, bf16: bool = False, pin_memory: bool = False,
-                    ds_config: dict | str | os.PathLike | None = None) -> dict:
+def build_ds_config(zero: ZeroSettings, step: StepSettings, world_size: int = 1,
+                    pin_memory: bool = False) -> dict:
     """The config for `deepspeed.initialize` of the policy; raises on contradictions."""
-    check_offload(zero_stage, offload_optimizer, offload_param, nvme_path)
-    user = load_user_config(ds_config)
+    zero.check_nvme_path()
+    user = load_user_config(zero.deepspeed_config)
     for section in ("optimizer", "scheduler"):
         if section in user:
             raise ValueError(f"ds_config[{section!r}] is set, but the engine makes its own AdamW "
@@ -75,24 +47,26 @@ def build_ds_config(*, zero_stage: int = 3, offload_optimizer: str = "none",
     if user.get("fp16", {}).get("enabled") not in (None, False, "auto"):
         raise ValueError("ds_config['fp16'] is enabled: use bf16=True (fp16 loss scaling is "
                          "not supported by the engine)")
-    micro = micro_batch_size or 1  # only DeepSpeed's bookkeeping; the engine splits batches
+    micro = step.micro_batch_size or 1  # only DeepSpeed's bookkeeping; the engine splits
     ours = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
         "train_batch_size": micro * world_size,
-        "gradient_clipping": float(max_grad_norm or 0.0),
+        "gradient_clipping": float(step.max_grad_norm),
     }
     for key, value in ours.items():
         _agree(user, key, value, _WHY[key])
-    _agree(user.setdefault("bf16", {}), "enabled", bool(bf16), "it is the engine's bf16 argument",
+    _agree(user.setdefault("bf16", {}), "enabled", step.bf16, "it is the engine's bf16 setting",
            prefix="bf16.")
-    zero = user.setdefault("zero_optimization", {})
-    _agree(zero, "stage", zero_stage, "it is the engine's zero_stage", prefix="zero_optimization.")
-    zero["offload_optimizer"] = _offload(zero, "offload_optimizer", offload_optimizer, nvme_path,
-                                         pin_memory, {})
-    if zero_stage == 3:
-        zero["offload_param"] = _offload(zero, "offload_param", offload_param, nvme_path,
-                                         pin_memory, {"buffer_size": _PARAM_NVME_BUFFER})
+    section = user.setdefault("zero_optimization", {})
+    _agree(section, "stage", zero.zero_stage, "it is the engine's zero_stage",
+           prefix="zero_optimization.")
+    section["offload_optimizer"] = _offload(section, "offload_optimizer", zero.offload_optimizer,
+                                            zero.nvme_path, pin_memory, {})
+    if zero.zero_stage == 3:
+        section["offload_param"] = _offload(section, "offload_param", zero.offload_param,
+                                            zero.nvme_path, pin_memory,
+                                            {"buffer_size": _PARAM_NVME_BUFFER})
     user.update(ours)
     user.setdefault("steps_per_print", 10**9)  # DeepSpeed's own progress lines: off
     user.setdefault("zero_allow_untested_optimizer", True)  # torch's AdamW without offload
@@ -134,7 +108,7 @@ def reference_config(policy_config: dict) -> dict:
 
 
 _WHY = {
-    "train_micro_batch_size_per_gpu": "set micro_batch_size instead",
+    "train_micro_batch_size_per_gpu": "set micro_batch_size (per_device_train_batch_size) instead",
     "gradient_accumulation_steps": "the engine accumulates over micro_batch_size micro-batches "
                                    "itself, with the whole step's loss normaliser",
     "train_batch_size": "the batch is whatever train_step receives on each rank",

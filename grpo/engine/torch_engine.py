@@ -1,6 +1,6 @@
 """TorchEngine: GRPO on one process, plain PyTorch (the baseline DeepSpeed is tested against).
 
-AdamW with fp32 master weights; with bf16=True the forward runs under bf16 autocast on the
+AdamW with fp32 master weights; with `bf16` the forward runs under bf16 autocast on the
 engine's device (CUDA normally; CPU autocast works too). The frozen reference is a second copy
 of the model in eval mode with requires_grad off, and is not loaded at all when beta == 0.
 """
@@ -8,6 +8,7 @@ of the model in eval mode with requires_grad off, and is not loaded at all when 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -15,80 +16,48 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from grpo.engine.base import StepEngine
-from grpo.engine.common import (STATE_DIR, check_engine_args, untied_names, weight_names,
-                                write_hf_directory)
+from grpo.engine.settings import StepSettings
+from grpo.engine.step import StepEngine
+from grpo.engine.weights import (STATE_DIR, load_causal_lm, untied_names, weight_names,
+                                 write_hf_directory)
 from grpo.logprobs import sequence_logprobs
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
 
 
-def load_causal_lm(path: str, device: torch.device | str, trainable: bool) -> torch.nn.Module:
-    """An fp32 transformers causal LM on `device`; frozen (eval, no grad) unless `trainable`."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    model.config.use_cache = False
-    if trainable:
-        return model.train()
-    return model.eval().requires_grad_(False)
-
-
 class TorchEngine(StepEngine):
-    """One process, one device. See grpo.engine.base for what a step does."""
+    """One process, one device. See grpo.engine.step for what a step does.
 
-    def __init__(self, model: str | None = None, *, learning_rate: float = 1e-6,
-                 weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.99),
-                 max_grad_norm: float = 1.0, lr_scheduler_type: str = "constant",
-                 warmup_steps: int = 0, max_steps: int | None = None,
-                 micro_batch_size: int | None = None, num_iterations: int = 1,
-                 eps_low: float = 0.2, eps_high: float | None = None, beta: float = 0.04,
-                 loss_type: str = "grpo", max_completion_length: int | None = None,
-                 temperature: float = 1.0, gradient_checkpointing: bool = False,
-                 bf16: bool = False, device: str | None = None,
-                 logprob_chunk_size: int = 1024, share_prompt_forward: bool = True,
-                 tis_cap: float | None = None):
-        check_engine_args(learning_rate=learning_rate, weight_decay=weight_decay,
-                          adam_betas=adam_betas, max_grad_norm=max_grad_norm,
-                          lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
-                          max_steps=max_steps, micro_batch_size=micro_batch_size,
-                          num_iterations=num_iterations, loss_type=loss_type,
-                          temperature=temperature, logprob_chunk_size=logprob_chunk_size,
-                          share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
-        self._init_hparams(learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type,
-                           warmup_steps=warmup_steps, max_steps=max_steps,
-                           micro_batch_size=micro_batch_size, num_iterations=num_iterations,
-                           eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
-                           max_completion_length=max_completion_length,
-                           temperature=temperature, max_grad_norm=max_grad_norm,
-                           logprob_chunk_size=logprob_chunk_size,
-                           share_prompt_forward=share_prompt_forward, tis_cap=tis_cap)
+    `TorchEngine(model, StepSettings(learning_rate=1e-6, beta=0.04))`: `model` is a local
+    directory, a hub id or None (the packaged SmolLM2-135M-Instruct); `device` defaults to CUDA
+    when available."""
+
+    def __init__(self, model: str | None = None, settings: StepSettings = StepSettings(), *,
+                 device: str | torch.device | None = None):
+        super().__init__(settings)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.rank, self.world_size, self.bf16 = 0, 1, bf16
         self.source = resolve_model(model)
         self.model = load_causal_lm(self.source, self.device, trainable=True)
-        if gradient_checkpointing:
+        if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         # No reference model at all when beta == 0: the loss never needs it.
         self.ref_model = (load_causal_lm(self.source, self.device, trainable=False)
-                          if beta != 0 else None)
+                          if settings.beta != 0 else None)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=learning_rate, betas=tuple(adam_betas),
-            weight_decay=weight_decay, fused=self.device.type == "cuda" or None)
+            self.model.parameters(), lr=settings.learning_rate, betas=settings.adam_betas,
+            weight_decay=settings.weight_decay, fused=self.device.type == "cuda" or None)
 
     # ---- the step's pieces ---------------------------------------------------------------
-    def _autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
     def _logprobs(self, model, batch: Rollouts, with_entropy: bool):
-        with self._autocast():
+        s = self.settings
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if s.bf16
+                    else contextlib.nullcontext())
+        with autocast:
             logprobs, entropy = sequence_logprobs(
                 model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                temperature=self.temperature, chunk_size=self.logprob_chunk_size,
-                with_entropy=with_entropy, share_prompts=self.share_prompt_forward)
+                temperature=s.temperature, chunk_size=s.logprob_chunk_size,
+                with_entropy=with_entropy, share_prompts=s.share_prompt_forward)
         return logprobs.float(), entropy
 
     def _policy_logprobs(self, batch, with_entropy):
@@ -102,12 +71,12 @@ class TorchEngine(StepEngine):
 
     def _optimizer_step(self, skip: bool) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if self.settings.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         norm = float(norm)
-        if not skip and norm == norm and abs(norm) != float("inf"):
+        if not skip and math.isfinite(norm):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -115,13 +84,6 @@ class TorchEngine(StepEngine):
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-
-    def _full_grads(self) -> Iterator[tuple[str, Tensor]]:
-        for name, p in self.model.named_parameters():
-            yield name, p.grad
-
-    def _drop_grads(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
 
     # ---- weights and checkpoints ---------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:

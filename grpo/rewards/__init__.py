@@ -11,8 +11,12 @@ from grpo.rewards.math_answer import math_reward
 from grpo.rewards.reward_set import RewardError, RewardOutput, RewardSet
 from grpo.rewards.tags import extract_answer, format_reward, partial_format_reward
 
+# The rewards a config names (GRPOConfig.rewards); any other callable works in RewardSet.
+NAMED_REWARDS = {"format": format_reward, "partial_format": partial_format_reward,
+                 "countdown": countdown_reward, "choice": choice_reward, "math": math_reward}
+
 __all__ = [
-    "ExpressionError", "RewardError", "RewardOutput", "RewardSet", "choice_reward",
+    "NAMED_REWARDS", "ExpressionError", "RewardError", "RewardOutput", "RewardSet", "choice_reward",
     "countdown_reward", "evaluate_expression", "extract_answer", "format_reward", "math_reward",
     "partial_format_reward",
 ]

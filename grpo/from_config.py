@@ -1,7 +1,9 @@
-"""Builds the trainer's parts from a GRPOConfig. Each function takes only the fields it needs.
+"""The trainer's parts, each built from a whole GRPOConfig: the model path, tokenizer, data sets,
+rewards, engine and sampler.
 
 Kept apart from the trainer so that a custom loop can build the same parts with the same
-defaults, and so that trainer.py holds the algorithm and not the plumbing.
+defaults (`from grpo import from_config; engine = from_config.engine(config, path)`), and so
+that trainer.py holds the loop and not the plumbing.
 """
 
 from __future__ import annotations
@@ -9,9 +11,6 @@ from __future__ import annotations
 import torch
 
 from grpo.config import GRPOConfig
-
-REWARDS = ("format", "partial_format", "countdown", "choice", "math")
-
 
 def model_path(config: GRPOConfig) -> str:
     from grpo.models import resolve_model
@@ -68,46 +67,27 @@ def datasets(config: GRPOConfig, tok):
 
 
 def reward_set(config: GRPOConfig):
-    from grpo import rewards
+    from grpo.rewards import NAMED_REWARDS, RewardSet
 
-    funcs = {"format": rewards.format_reward, "partial_format": rewards.partial_format_reward,
-             "countdown": rewards.countdown_reward,
-             "choice": rewards.choice_reward, "math": rewards.math_reward}
-    unknown = [name for name in config.rewards if name not in funcs]
-    if unknown:
-        raise ValueError(f"unknown rewards {unknown}; known: {sorted(funcs)}")
-    return rewards.RewardSet([funcs[name] for name in config.rewards], config.reward_weights)
+    return RewardSet([NAMED_REWARDS[name] for name in config.rewards], config.reward_weights)
 
 
 def engine(config: GRPOConfig, path: str):
-    from grpo import engine as engines
+    from grpo.engine import DeepSpeedEngine, TorchEngine
 
-    kwargs = dict(
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm, lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=round(config.warmup_ratio * config.max_steps), max_steps=config.max_steps,
-        micro_batch_size=config.per_device_train_batch_size,
-        num_iterations=config.num_iterations, eps_low=config.eps_low, eps_high=config.eps_high,
-        beta=config.beta, loss_type=config.loss_type,
-        max_completion_length=config.max_completion_length, temperature=config.temperature,
-        gradient_checkpointing=config.gradient_checkpointing, bf16=config.bf16,
-        share_prompt_forward=config.share_prompt_forward, tis_cap=config.tis_cap)
     if config.engine == "torch":
-        return engines.TorchEngine(path, **kwargs)
-    return engines.DeepSpeedEngine(
-        path, **kwargs, zero_stage=config.zero_stage, offload_optimizer=config.offload_optimizer,
-        offload_param=config.offload_param, nvme_path=config.nvme_path,
-        ds_config=config.deepspeed_config)
+        return TorchEngine(path, config.step_settings())
+    return DeepSpeedEngine(path, config.step_settings(), config.zero_settings())
 
 
 def sampler(config: GRPOConfig, path: str):
-    from grpo import sampler as samplers
+    from grpo.sampler import HFSampler, VLLMSampler
 
     common = dict(group_size=config.num_generations, max_tokens=config.max_completion_length,
                   temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     if config.sampler == "hf":
-        return samplers.HFSampler(path, **common)
-    return samplers.VLLMSampler(
+        return HFSampler(path, **common)
+    return VLLMSampler(
         path, **common,
         dtype="bfloat16" if config.bf16 and config.vllm_dtype == "auto" else config.vllm_dtype,
         # On GPUs gpu_memory_utilization sizes the KV cache; a byte count would override it.

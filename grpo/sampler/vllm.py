@@ -1,8 +1,6 @@
-"""Group samplers: G completions per prompt, with the sampler's own log-prob of every token.
-
-`VLLMSampler` runs an in-process vLLM engine (the CPU build here, CUDA on GPUs) and takes new
-weights in place after each optimizer step; `HFSampler` does the same on transformers `generate`,
-for models vLLM can't run and as the speed baseline. Both return `Rollouts` (grpo/rollouts.py).
+"""VLLMSampler: G completions per prompt from an in-process vLLM engine (the CPU build here,
+CUDA on GPUs), with the sampler's own log-prob of every token; it takes new weights in place
+after each optimizer step.
 
 Choices that differ from the usual recipes, and why:
 - Prompts are tokenised here with `add_special_tokens=False` and handed to the engine as token
@@ -14,23 +12,13 @@ Choices that differ from the usual recipes, and why:
   computes for the trainer. At temperature 0 (greedy) they are the raw, unscaled log-probs.
 - Every completion is its own request with its own seed, `_row_seed(seed, row)`, so a call is
   reproducible for a fixed seed, and the trainer's `derive_seed(seed, step, rank)` re-samples a
-  resumed run exactly.
-  (vLLM forbids n > 1 for greedy requests; prefix caching still prefills each prompt once.)
+  resumed run exactly (vLLM forbids n > 1 for greedy requests; prefix caching still prefills
+  each prompt once).
 - `load_weights` collects the whole state dict before one reload: on the CPU build a push of part
   of a fused weight (q without k and v) corrupts the layer, so a push that misses a checkpoint
   tensor is refused, naming what is missing.
 
-Sharing the machine (DeepSpeed, one engine per rank): each rank samples its own share of the
-prompts with its own engine, in its own process, pass `seed=grpo.seeds.derive_seed(seed, step,
-rank)` so that neither ranks nor runs with other seeds reuse a row seed. In-process vLLM on CPU
-does no thread binding of its own: it runs on the process's torch threads (OMP_NUM_THREADS;
-torchrun sets 1 per rank), and sampling
-and training alternate in time, so here 2 ranks use one core each for both. vLLM makes
-`torch.set_num_threads` a no-op once started (use `torch._C.set_num_threads`). On GPUs each rank's
-engine lives on that rank's GPU next to the trainer: `gpu_memory_utilization` (or
-`kv_cache_memory_gb`) caps the engine's share, and `enable_sleep_mode` lets `sleep()` free the
-weights and KV cache during the train step; with `tensor_parallel_size > 1` the engine's workers
-are separate processes and new weights travel through a safetensors file instead of memory.
+How one engine per rank shares cores (CPU) or a GPU with its trainer: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -40,36 +28,18 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler_inputs import check_call, check_settings, collect_weights, tokenize_prompts
+from grpo.sampler.base import check_call, check_settings, collect_weights, tokenize_prompts
 from grpo.seeds import splitmix64
-
-__all__ = ["GroupSampler", "HFSampler", "Rollouts", "VLLMSampler"]
 
 GiB = 1 << 30
 _EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
-
-
-@runtime_checkable
-class GroupSampler(Protocol):
-    """What a training loop needs from a sampler."""
-
-    tokenizer: object
-    group_size: int  # G in DeepSeekMath
-
-    def sample(self, prompts: list[str], *, seed: int | None = None,
-               group_size: int | None = None, temperature: float | None = None,
-               max_tokens: int | None = None) -> Rollouts: ...
-
-    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _row_seed(seed: int, row: int) -> int:
@@ -96,6 +66,19 @@ def _checkpoint_names(path: str) -> set[str] | None:
 
 def _on_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+def _check_engine_options(cuda: bool, kv_cache_memory_gb: float | None, enable_sleep_mode: bool,
+                          tensor_parallel_size: int) -> None:
+    if kv_cache_memory_gb is None and not cuda:
+        raise ValueError("kv_cache_memory_gb=None is only for CUDA (sized by "
+                         "gpu_memory_utilization); on CPU vLLM would reserve 92% of RAM")
+    if kv_cache_memory_gb is not None and kv_cache_memory_gb <= 0:
+        raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
+    if enable_sleep_mode and not cuda:
+        raise ValueError("enable_sleep_mode needs CUDA: vLLM's CPU build ignores sleep()")
+    if tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
 
 
 def _cpu_has_bf16() -> bool:
@@ -132,15 +115,7 @@ class VLLMSampler:
                  stop: list[str] | None = None, num_threads: int | None = None):
         check_settings(group_size, max_tokens, temperature, top_p)
         cuda = _on_cuda()
-        if kv_cache_memory_gb is None and not cuda:
-            raise ValueError("kv_cache_memory_gb=None is only for CUDA (sized by "
-                             "gpu_memory_utilization); on CPU vLLM would reserve 92% of RAM")
-        if kv_cache_memory_gb is not None and kv_cache_memory_gb <= 0:
-            raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
-        if enable_sleep_mode and not cuda:
-            raise ValueError("enable_sleep_mode needs CUDA: vLLM's CPU build ignores sleep()")
-        if tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        _check_engine_options(cuda, kv_cache_memory_gb, enable_sleep_mode, tensor_parallel_size)
         self.model_path = resolve_model(model)
         self.group_size, self.max_tokens, self.seed = group_size, max_tokens, seed
         self.temperature, self.top_p, self.stop = temperature, top_p, stop
@@ -178,13 +153,12 @@ class VLLMSampler:
             raise RuntimeError(f"vLLM could not start {self.model_path}: "
                                f"{type(e).__name__}: {e}") from e
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        model_config = self.llm.llm_engine.model_config
+        self.max_model_len = model_config.max_model_len
         self._required = _checkpoint_names(self.model_path)
-        hf_config = self.llm.llm_engine.model_config.hf_config
-        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
+        self._tied = bool(getattr(model_config.hf_config, "tie_word_embeddings", False))
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
 
     def sample(self, prompts: list[str], *, seed: int | None = None,
                group_size: int | None = None, temperature: float | None = None,
@@ -302,12 +276,3 @@ class VLLMSampler:
             del llm
             gc.collect()
 
-
-def __getattr__(name: str):
-    # HFSampler lives in grpo/hf_sampler.py (it needs transformers' generate machinery, not
-    # vLLM); `from grpo.sampler import HFSampler` keeps working.
-    if name == "HFSampler":
-        from grpo.hf_sampler import HFSampler
-
-        return HFSampler
-    raise AttributeError(f"module 'grpo.sampler' has no attribute {name!r}")

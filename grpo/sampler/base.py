@@ -1,12 +1,30 @@
-"""What both group samplers (VLLMSampler, HFSampler) accept: argument checks, prompt tokenisation
-against the engine's context, and the one-dict weight push. Each raises a ValueError or TypeError
-that names the bad argument."""
+"""What a group sampler is (`GroupSampler`) and what both samplers (VLLMSampler, HFSampler)
+accept: argument checks, prompt tokenisation against the engine's context, and the one-dict
+weight push. Each check raises a ValueError or TypeError that names the bad argument."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Protocol, runtime_checkable
 
 from torch import Tensor
+
+from grpo.rollouts import Rollouts
+
+
+@runtime_checkable
+class GroupSampler(Protocol):
+    """What a training loop needs from a sampler."""
+
+    tokenizer: object
+    group_size: int  # G in DeepSeekMath
+
+    def sample(self, prompts: list[str], *, seed: int | None = None,
+               group_size: int | None = None, temperature: float | None = None,
+               max_tokens: int | None = None) -> Rollouts: ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def check_settings(group_size: int, max_tokens: int, temperature: float, top_p: float) -> None:

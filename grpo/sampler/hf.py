@@ -1,7 +1,7 @@
 """HFSampler: the GroupSampler interface on transformers `generate`.
 
 For models vLLM can't run, and the baseline vLLM is measured against. Same `sample` /
-`load_weights` / `close` / `tokenizer` as VLLMSampler; imported lazily by `grpo.sampler`.
+`load_weights` / `close` / `tokenizer` as VLLMSampler.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler_inputs import check_call, check_settings, collect_weights, tokenize_prompts
+from grpo.sampler.base import check_call, check_settings, collect_weights, tokenize_prompts
 
 
 class _RecordChosenLogprobs:

@@ -3,14 +3,14 @@
     python examples/chat.py                          # the packaged SmolLM2-135M-Instruct
     python examples/chat.py --model runs/x/checkpoint-200 --temperature 0.6
 
-Each question is rendered like a training prompt: the seed's system prompt, the question as the
+Each question is rendered like a training prompt: Mini-R1's system prompt, the question as the
 user turn, and the assistant turn prefilled with "Let me solve this step by step.\\n<think>"
 (the tokenizer's chat template with `continue_final_message=True`), so a checkpoint trained on
 that format answers the way it was rewarded. The page shows the thinking (the prefill's lead-in
 plus the text inside <think>...</think>) and the answer (inside <answer>...</answer>, or the raw
 text when the model skipped the tags) in separate boxes.
 
-How it differs from the seed's chatbot: it listens on 127.0.0.1 only; `--share` (Gradio's public
+How it differs from Mini-R1's chatbot: it listens on 127.0.0.1 only; `--share` (Gradio's public
 link) must be asked for. Questions longer than `--max-input-chars` get a message, not a
 generation. Generation stops at "</answer>". One question is answered at a time (vLLM's `LLM` is
 not thread-safe); the page is a form, not a multi-turn chat, because the prompts were trained

@@ -4,7 +4,7 @@ import time
 
 
 def seed_eval_reward(completions):
-    # The seed's way, on purpose: `eval` of arithmetic. "9**9**9**9" never finishes, and it is
+    # Mini-R1's way, on purpose: `eval` of arithmetic. "9**9**9**9" never finishes, and it is
     # C-level big-integer work that no signal can interrupt: only killing the worker stops it.
     return [float(eval(text, {"__builtins__": None}, {})) for text in completions]  # noqa: S307
 

@@ -18,7 +18,7 @@ from datasets import Dataset
 
 
 R1_SYSTEM = ("You are a helpful assistant. You first thinks about the reasoning process in the "
-             "mind and then provides the user with the answer.")  # the seed's, grammar included
+             "mind and then provides the user with the answer.")  # Mini-R1's, grammar included
 R1_PREFILL = "Let me solve this step by step.\n<think>"
 
 

@@ -1,6 +1,6 @@
 """Multiple-choice accuracy: the single `<answer>` must be the right option's letter.
 
-As in the seed's multiple-choice recipe, the answer is compared as a letter; how we differ:
+As in Mini-R1's multiple-choice variant, the answer is compared as a letter; how we differ:
 the answer is the message's one `<answer>…</answer>` (two answers or none give 0.0, so listing
 every letter earns nothing), surrounding whitespace, a trailing "." or ")" and a wrapping
 "(B)" are ignored, and the comparison is case-insensitive ("b" is "B"). Anything longer than the

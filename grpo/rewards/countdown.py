@@ -1,6 +1,6 @@
 """The Countdown equation reward, with its own exact, bounded arithmetic evaluator.
 
-The seed's `equation_reward_func` runs `eval` on answers that pass a character whitelist. The
+Mini-R1's `equation_reward_func` runs `eval` on answers that pass a character whitelist. The
 whitelist admits `**`, so a single completion like `9**9**9**9` makes `eval` compute a number with
 billions of digits and stalls training for good; its float comparison also calls 0.1 + 0.2 == 0.3.
 Here no answer is ever executed:
@@ -12,11 +12,11 @@ Here no answer is ever executed:
 * The numbers written must be exactly the multiset `nums` before anything is evaluated, so the
   values stay tiny. Numbers with a leading zero ("07") are not the number 7 as written: 0.0.
 * No unary minus or plus: `-3 + 5` gives 0.0. Each number of the puzzle is positive and used as
-  given; subtraction is written as a binary operator. (The seed's `eval` accepted `-(3 - 5)`.)
+  given; subtraction is written as a binary operator. (Mini-R1's `eval` accepted `-(3 - 5)`.)
 * Arithmetic is exact over the rationals (`fractions.Fraction`), so `6 / (4 - 2)` is exactly 3
   and intermediate fractions are fine (`(1 / 3) * 3 * 5 == 5`). Division by zero gives 0.0.
 * An optional trailing `= <integer>` is accepted when that integer is the target (models often
-  write `55 + 36 - 7 - 19 = 65`; the seed's prompt example has no `=`, its reward gave that 0.0).
+  write `55 + 36 - 7 - 19 = 65`; Mini-R1's prompt example has no `=`, its reward gave that 0.0).
 * The answer is the single `<answer>…</answer>` of the message (`tags.extract_answer`); two
   answers or none give 0.0.
 """

@@ -1,9 +1,9 @@
 """`RewardSet`: call several reward functions, check what they return, weight and sum them.
 
 What a step gets is one finite float per completion, always. How we differ from TRL's
-`_calculate_rewards`, which the seed relies on:
+`_calculate_rewards`, which Mini-R1 relies on:
 
-* Every function must return exactly N values; a list of another length (the seed's accuracy
+* Every function must return exactly N values; a list of another length (Mini-R1's accuracy
   reward skips wrong answers, so its list drifts out of line) is an error naming the function and
   both lengths, never a silent `zip` truncation.
 * Columns are matched to each function's signature: a reward receives only the dataset columns it

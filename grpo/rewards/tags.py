@@ -1,16 +1,16 @@
 r"""The R1 tag format: `<think>…</think>\n<answer>…</answer>`, checked and parsed without regex.
 
-The seed (mini-deepseek-r1) checks the format with one regex and pulls the answer out with another
+Mini-R1 checks the format with one regex and pulls the answer out with another
 (`<answer>(.*?)</answer>`, the first one on a single line). Here both rules come from one parser
 of the message's tags, so the format reward and the answer rewards can never disagree about what
-"the answer" is. How we differ from the seed:
+"the answer" is. How we differ from Mini-R1:
 
 * The message is the whole assistant message, prefill included (the trainer prepends the prompt's
   prefill, e.g. "Let me solve this step by step.\n<think>"), so no synthetic "<think>" is added
   here. A lead-in before the first `<think>` is allowed; it may hold no think or answer tags.
-* Exactly one `<answer>` and one `</answer>`: the seed's lazy `[\s\S]*?` accepts
+* Exactly one `<answer>` and one `</answer>`: Mini-R1's lazy `[\s\S]*?` accepts
   `<answer>1</answer><answer>2</answer>` as one answer "1</answer><answer>2"; we give 0.0.
-* Trailing whitespace after `</answer>` is allowed (samplers often leave a newline); the seed's
+* Trailing whitespace after `</answer>` is allowed (samplers often leave a newline); Mini-R1's
   `$` allows one trailing newline only. Anything else after it gives 0.0.
 * Every check is a linear scan (`str.count` / `str.find`), so a megabyte completion costs
   about a millisecond and no input can make it backtrack.
@@ -48,7 +48,7 @@ def is_r1_format(message: str) -> bool:
             return False
     think_open = message.find(THINK_OPEN)
     think_close = message.find(THINK_CLOSE)
-    separator = THINK_CLOSE + "\n" + ANSWER_OPEN  # the seed's rule: exactly one newline between
+    separator = THINK_CLOSE + "\n" + ANSWER_OPEN  # Mini-R1's rule: exactly one newline between
     if think_close < think_open or not message.startswith(separator, think_close):
         return False
     answer_close = message.find(ANSWER_CLOSE)

@@ -10,9 +10,9 @@ it (the format, and whether the equation is right). GRPO samples G answers per p
 each against its group, and moves the policy toward the better ones. What to watch: the format
 reward rises first, then the equation reward, and on larger models the thinking gets longer.
 
-How the CPU default differs from the seed's GPU recipe (Qwen2.5-3B, 450 steps): a 135M model,
+How the CPU default differs from Mini-R1's GPU recipe (Qwen2.5-3B, 450 steps): a 135M model,
 easy puzzles (2-3 numbers in 1..10), 128-token completions at temperature 0.7, no KL penalty
-(beta = 0 loads no reference model), lr 3e-5, and a dense partial-format reward beside the seed's
+(beta = 0 loads no reference model), lr 3e-5, and a dense partial-format reward beside Mini-R1's
 two, because the base model almost never writes the whole format and GRPO cannot learn from
 groups that all score 0. On 2 cores the format is learned in ~15 steps and the 30 steps take
 ~20 minutes (benchmarks/RESULTS.md). Everything below is the library's public API: replace any

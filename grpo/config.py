@@ -187,7 +187,8 @@ class GRPOConfig:
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in self.rewards:
             close = difflib.get_close_matches(str(name), NAMED_REWARDS, n=1)
-            check(name in NAMED_REWARDS, f"rewards: unknown reward {name!r}"
+            check(isinstance(name, str) and name in NAMED_REWARDS,
+                  f"rewards: unknown reward {name!r}"
                   + (f" (did you mean {close[0]!r}?)" if close else "")
                   + f"; known: {sorted(NAMED_REWARDS)}")
         if self.reward_weights is not None:

@@ -1,17 +1,16 @@
-"""GRPOTrainer: DESIGN.md's five calls in a loop, with evaluation, logging and checkpoints around.
+"""GRPOTrainer: a step's five calls in a loop, with evaluation, logging and checkpoints around.
 
     for step in range(start, max_steps):
         rollouts   = sampler.sample(prompts, seed=derive_seed(seed, step, rank))
         rewards    = reward_set(prefill + completions, **columns)
         advantages = group_advantages(rewards.total, G)
-        metrics    = engine.train_step(rollouts, advantages)
+        metrics    = engine.train_step(rollouts, advantages, loss_mask)
         sampler.load_weights(engine.named_weights())
 
 Everything the loop needs is derived from (config, step): the prompts of step s are a fixed slice
-of a seeded permutation per epoch, and the sampler is seeded with derive_seed(seed, s, rank) (not
-seed + s, which would give run seed+1 the noise of this run one step later; grpo/seeds.py). So a checkpoint needs
-only the weights, the optimizer and scheduler states (the engine's), the RNG states and the step,
-and a resumed run repeats exactly what an uninterrupted one would have done (on this CPU; on GPUs,
+of a seeded permutation per epoch, and the sampler is seeded with derive_seed(seed, s, rank)
+(grpo/seeds.py). So a checkpoint needs only the weights, the optimizer state and step count (the
+engine's), the RNG states and the step, and a resumed run repeats exactly what an uninterrupted one would have done (on this CPU; on GPUs,
 vLLM's batched kernels and atomics are not bit-reproducible, so a resumed run matches in
 distribution, not bit for bit).
 

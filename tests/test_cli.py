@@ -130,6 +130,7 @@ BAD = [  # (command line, recipe or None, what the error line says)
     (["--dataset_column_map", "[answer]"], None, "dataset_column_map must be dict, got ['answer']"),
     (["--max_steps", "0"], None, "max_steps must be >= 1, got 0"),
     (["--top_p", "1.5"], None, "top_p must be in (0, 1], got 1.5"),
+    (["--beta", "-0.5"], None, "beta must be >= 0, got -0.5"),  # -0.5 is a value, not an option
     (["--loss_type", "ppo"], None, "loss_type must be one of ('grpo', 'token_mean', 'dr_grpo')"),
     (["--zero_stage", "1"], None, "zero_stage must be one of (2, 3), got 1"),
     (["--rewards", "format", "fromat"], None, "unknown reward 'fromat'"),
@@ -179,8 +180,6 @@ def test_an_unknown_option_is_the_whole_error_line(capsys):
      "error: unknown option --max_step (did you mean --max_steps?)\n"),
     (["examples/countdown.py", "--learning_rate", "fast"],  # over the default CPU recipe
      "error: learning_rate must be float, got 'fast'\n"),
-    (["examples/countdown.py", "--config", "recipes/missing.yaml"],
-     "error: --config recipes/missing.yaml: No such file or directory\n"),
 ])
 def test_entry_points_exit_2_with_one_error_line(args, error):
     run = _run(*args)
@@ -226,7 +225,6 @@ def test_none_and_null_mean_none_for_optional_fields(tmp_path):
     (["--reward_weights", "0.5", "1"], "reward_weights", [0.5, 1]),
     (["--dataset_column_map", "{answer: target}"], "dataset_column_map", {"answer": "target"}),
     (["--learning_rate", "1e-6"], "learning_rate", 1e-6),
-    (["--beta", "-0.5"], "beta", -0.5),
     (["--beta", "0"], "beta", 0.0),
     (["--zero_stage", "2"], "zero_stage", 2),
     (["--model", "yes"], "model", "yes"),  # a str field takes the word as written

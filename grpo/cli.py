@@ -3,12 +3,9 @@
     python -m grpo.trainer --config recipes/countdown-cpu.yaml --learning_rate 2e-5
 
 One option per GRPOConfig field, its help the docstring under the field, grouped by the
-`# --- group ---` comments in the class: both are read from its source, so a new field gets its
-option and its help by being written down. Values are read as YAML reads them (`1e-6`,
-`[format, countdown]`, `{answer: target}`, `null`) and typed by GRPOConfig.from_dict, the path a
-recipe's values take too; a list field also takes several words. Built on argparse: tyro cannot
-group a flat dataclass and prints multi-line error panels, HfArgumentParser reads help only from
-field metadata; both are argparse underneath.
+`# --- group ---` comments in the class (read from its source). Values are read as YAML reads them
+(`1e-6`, `[format, countdown]`, `null`) and typed by GRPOConfig.from_dict, as a recipe's are.
+Why argparse and not tyro or HfArgumentParser: docs/architecture.md, "The command line".
 """
 
 from __future__ import annotations

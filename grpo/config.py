@@ -198,22 +198,19 @@ class GRPOConfig:
         self.step_settings(), self.zero_settings()  # their own checks, each naming its field
 
     def step_settings(self) -> StepSettings:
-        """The engines' step settings from this config (the same names where they mean the same)."""
-        return StepSettings(
-            loss_type=self.loss_type, beta=self.beta, eps_low=self.eps_low, eps_high=self.eps_high,
-            max_completion_length=self.max_completion_length, tis_cap=self.tis_cap,
-            temperature=self.temperature, learning_rate=self.learning_rate,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_steps=round(self.warmup_ratio * self.max_steps), max_steps=self.max_steps,
-            weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
-            num_iterations=self.num_iterations, micro_batch_size=self.per_device_train_batch_size,
-            bf16=self.bf16, gradient_checkpointing=self.gradient_checkpointing,
-            share_prompt_forward=self.share_prompt_forward)
+        """What the engines take: the fields of the same name, the warmup in steps, and
+        per_device_train_batch_size as the micro-batch."""
+        return StepSettings(**self._shared(StepSettings),
+                            micro_batch_size=self.per_device_train_batch_size,
+                            warmup_steps=round(self.warmup_ratio * self.max_steps))
 
     def zero_settings(self) -> ZeroSettings:
-        return ZeroSettings(zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer,
-                            offload_param=self.offload_param, nvme_path=self.nvme_path,
-                            deepspeed_config=self.deepspeed_config)
+        return ZeroSettings(**self._shared(ZeroSettings))
+
+    def _shared(self, settings: type) -> dict:
+        names = {f.name for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(settings)
+                if f.name in names}
 
     @property
     def completions_per_step(self) -> int:

@@ -5,13 +5,8 @@ launcher, no process group) and W processes (torchrun or the `deepspeed` launche
 code: every reduction below is the identity when there is no process group. Tensors must be on
 the rank's device (CUDA under NCCL).
 
-Backends: NCCL when CUDA is available, gloo otherwise (DeepSpeed on this CPU machine uses gloo).
-Each rank uses `cuda:LOCAL_RANK` on GPUs. Launch with either of
-
-    torchrun --nproc_per_node 2 script.py
-    deepspeed --num_gpus 2 script.py        # set OMP_NUM_THREADS=1 yourself on CPU
-
-We ship no launcher of our own.
+Backends: NCCL on GPUs (each rank on `cuda:LOCAL_RANK`), gloo on CPUs. Launch with torchrun or
+DeepSpeed's launcher; there is no launcher of our own.
 """
 
 from __future__ import annotations

@@ -122,30 +122,69 @@ def naive_logprobs(
     return logp.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1)
 
 
+class LogprobModel(torch.nn.Module):
+    """A transformers causal LM as a module that returns its completion tokens' log-probs: the
+    body's hidden states from `completion_hidden`, then `chunked_logprobs`, only where
+    completion_mask is 1. Both engines run their policy and reference through it.
+
+    The output projection runs inside a module (`head`, holding the output-embedding Parameter
+    itself, tied or not) because ZeRO-3 materialises a weight only inside the forward and
+    backward of a module that owns it.
+    """
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        if getattr(lm.config, "final_logit_softcapping", None) or getattr(
+                lm.config, "logit_scale", None):
+            raise ValueError(f"{type(lm).__name__} post-processes its logits (soft-capping or "
+                             "scaling), which chunked_logprobs does not apply")
+        self.lm = lm
+        self.head = _ChunkedHead(lm.get_output_embeddings())
+
+    def forward(
+        self,
+        input_ids: Tensor,  # [N, P + T] left-padded prompt followed by the completion
+        attention_mask: Tensor,  # [N, P + T]
+        completion_mask: Tensor,  # [N, T] 1 on completion tokens that count
+        temperature: float = 1.0,
+        chunk_size: int = 1024,
+        with_entropy: bool = False,
+        share_prompts: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:  # logprobs [N, T] (0 where masked), entropy [N, T] or None
+        t = completion_mask.shape[1]
+        hidden = completion_hidden(self.lm.base_model, input_ids, attention_mask, t,
+                                   share_prompts)  # [N, T, H]
+        mask = completion_mask.bool()
+        logprobs, entropy = self.head(hidden[mask], input_ids[:, -t:][mask], temperature,
+                                      chunk_size, with_entropy)
+        out = logprobs.new_zeros(mask.shape).masked_scatter(mask, logprobs)
+        if entropy is not None:
+            entropy = logprobs.new_zeros(mask.shape).masked_scatter(mask, entropy)
+        return out, entropy
+
+
+class _ChunkedHead(torch.nn.Module):
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.weight = head.weight  # the same Parameter (tied to the input embedding in SmolLM2)
+        self.bias = getattr(head, "bias", None)
+
+    def forward(self, hidden, targets, temperature, chunk_size, with_entropy):
+        # hidden [M, H], targets [M] -> logprobs [M], entropy [M] or None
+        return chunked_logprobs(hidden, self.weight, targets, temperature, bias=self.bias,
+                                chunk_size=chunk_size, with_entropy=with_entropy)
+
+
 def sequence_logprobs(
     model: torch.nn.Module,  # a transformers causal LM
-    input_ids: Tensor,  # [N, P + T] left-padded prompt followed by the completion
+    input_ids: Tensor,  # [N, P + T]
     attention_mask: Tensor,  # [N, P + T]
-    completion_mask: Tensor,  # [N, T] 1 on completion tokens that count
+    completion_mask: Tensor,  # [N, T]
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
     share_prompts: bool = True,
 ) -> tuple[Tensor, Tensor | None]:  # logprobs [N, T] (0 where masked), entropy [N, T] or None
-    """Log-probs of each completion token under `model`, computed only where completion_mask is
-    1 (the body's hidden states from `completion_hidden`, then `chunked_logprobs`)."""
-    n, t = completion_mask.shape
-    if getattr(model.config, "final_logit_softcapping", None) or getattr(
-            model.config, "logit_scale", None):
-        raise ValueError(f"{type(model).__name__} post-processes its logits (soft-capping or "
-                         "scaling), which chunked_logprobs does not apply")
-    hidden = completion_hidden(model.base_model, input_ids, attention_mask, t, share_prompts)
-    mask = completion_mask.bool()
-    head = model.get_output_embeddings()
-    logprobs, entropy = chunked_logprobs(
-        hidden[mask], head.weight, input_ids[:, -t:][mask], temperature=temperature,
-        bias=head.bias, chunk_size=chunk_size, with_entropy=with_entropy)
-    out = hidden.new_zeros((n, t), dtype=logprobs.dtype).masked_scatter(mask, logprobs)
-    if entropy is not None:
-        entropy = hidden.new_zeros((n, t), dtype=entropy.dtype).masked_scatter(mask, entropy)
-    return out, entropy
+    """`LogprobModel(model)(...)`: log-probs of each completion token under `model`."""
+    return LogprobModel(model)(input_ids, attention_mask, completion_mask, temperature,
+                               chunk_size, with_entropy, share_prompts)

@@ -180,10 +180,6 @@ class GRPOLoss(torch.nn.Module):
     def normalizer(self, completion_mask: Tensor) -> Tensor:  # completion_mask: [N, T]
         return loss_normalizer(completion_mask, self.loss_type, self.max_completion_length)
 
-    def extra_repr(self) -> str:
-        return (f"eps_low={self.eps_low}, eps_high={self.eps_high}, beta={self.beta}, "
-                f"loss_type={self.loss_type!r}, tis_cap={self.tis_cap}")
-
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:  # values, mask: [N, T]
     return (values * mask).sum() / mask.sum().clamp(min=1)

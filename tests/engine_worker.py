@@ -51,7 +51,7 @@ def main() -> None:
     ds = DeepSpeedEngine(None, replace(settings, micro_batch_size=2), zero)
     ref = TorchEngine(None, settings, device="cpu") if rank == 0 else None
     _log(rank, f"engines built in {time.time() - t0:.1f}s")
-    out = {"world_size": world, "init_s": time.time() - t0, "ds_has_reference": ds.ref is not None}
+    out = {"world_size": world, "init_s": time.time() - t0, "ds_has_reference": ds.reference is not None}
     checks = args.checks.split(",")
     if "uneven" in checks:
         out["uneven"] = _uneven(ds, rollouts, advantages)

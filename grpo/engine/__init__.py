@@ -1,16 +1,6 @@
-"""Training engines: one small interface, a plain single-process engine and DeepSpeed ZeRO.
-
-| module | holds |
-| --- | --- |
-| `settings.py` | `StepSettings` (what both engines do), `ZeroSettings` (DeepSpeed only) |
-| `step.py` | `StepEngine.train_step`: the GRPO step, written once |
-| `torch_engine.py` | `TorchEngine`: one process, torch AdamW, bf16 autocast on request |
-| `deepspeed_engine.py` | `DeepSpeedEngine`: ZeRO-2/3, offload to cpu or nvme |
-| `ds_config.py` | the DeepSpeed config built from the settings (pure) |
-| `weights.py` | loading the model, state-dict names, writing a Hugging Face directory |
-
-DeepSpeed and transformers are imported when an engine is built, not by `import grpo.engine`.
-"""
+"""Training engines: the `Engine` interface, `TorchEngine` (one process) and `DeepSpeedEngine`
+(ZeRO-2/3, offload), both taking a `StepSettings` and running the step of `step.py`. DeepSpeed
+and transformers are imported when an engine is built, not by `import grpo.engine`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """DeepSpeedEngine: GRPO with DeepSpeed ZeRO-2/3, optimizer and parameter offload (cpu, nvme).
 
-Launch one process per device with `torchrun --nproc_per_node W` or `deepspeed --num_gpus W`
-(on CPU set OMP_NUM_THREADS=1 per rank; torchrun does, the deepspeed launcher does not); a plain
-`python` process also works, as a world of one. Backend: NCCL on GPUs, gloo on CPU. Each rank
-trains on its own rollouts (its share of the prompts) and feeds its own local sampler.
+One process per device (torchrun, or DeepSpeed's launcher with OMP_NUM_THREADS=1 set on CPUs; a
+plain `python` process is a world of one); NCCL on GPUs, gloo on CPUs. Each rank trains on its
+own rollouts (its share of the prompts) and feeds its own local sampler.
 
 How it differs from a stock DeepSpeed loop, and why:
 * The model is built under `zero.Init` for ZeRO-3 (via transformers' HfDeepSpeedConfig, kept
@@ -12,11 +11,8 @@ How it differs from a stock DeepSpeed loop, and why:
   operator-precedence slip in `_set_dtype`; the engine also checks the dtype after init).
 * The frozen reference is a second ZeRO-3 engine without optimizer (sharded, inference only);
   under ZeRO-2 it is a plain replicated copy. None at all when beta == 0.
-* The output projection runs inside a module (`LogprobModel`), since ZeRO-3 only gathers a
-  weight within the forward/backward of a module that owns it.
-* ZeRO's bucket sizes that the user's ds_config leaves out are sized from the model's hidden
-  size (Hugging Face's "auto" rule, `ds_config.size_buckets`), not DeepSpeed's fixed defaults,
-  whose 5e8-element reduce bucket alone is 2 GB in fp32.
+* ZeRO's bucket sizes that the user's deepspeed_config leaves out are sized from the model's
+  hidden size (Hugging Face's "auto" rule, `ds_config.size_buckets`).
 * offload_optimizer="nvme" with more than one rank is refused: in DeepSpeed 0.19.8 it gives
   wrong gradients for some MLP weights (step-1 loss 0.5868 instead of 0.4929 here; exact with
   one rank; cf. deepspeedai/DeepSpeed#2272). Use cpu, or one rank.
@@ -37,9 +33,8 @@ from grpo.engine.ds_config import build_ds_config, reference_config, size_bucket
 from grpo.engine.settings import StepSettings, ZeroSettings
 from grpo.engine.step import StepEngine
 from grpo.engine.weights import STATE_DIR, load_causal_lm, weight_names, write_hf_directory
-from grpo.logprobs import chunked_logprobs
+from grpo.logprobs import LogprobModel
 from grpo.models import resolve_model
-from grpo.shared_prompt import completion_hidden
 
 
 class DeepSpeedEngine(StepEngine):
@@ -87,14 +82,14 @@ class DeepSpeedEngine(StepEngine):
             optimizer = torch.optim.AdamW(lm.parameters(), **adamw)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=LogprobModel(lm), optimizer=optimizer, config=self.config)
-        self.model = lm
-        self.ref = None
+        self.model, self.policy, self.reference = lm, self.ds, None
         if ref is not None and self.zero.zero_stage == 3:
-            self.ref = deepspeed.initialize(model=LogprobModel(ref),
-                                            config=reference_config(self.config))[0]
-            self.ref.eval()
+            self.reference = deepspeed.initialize(model=LogprobModel(ref),
+                                                  config=reference_config(self.config))[0]
+            self.reference.eval()
         elif ref is not None:
-            self.ref = LogprobModel(ref.to(torch.bfloat16) if s.bf16 else ref).to(self.device)
+            ref = ref.to(torch.bfloat16) if s.bf16 else ref
+            self.reference = LogprobModel(ref).to(self.device)
         self._check_partition_dtype()
 
     def _load_models(self):
@@ -128,18 +123,6 @@ class DeepSpeedEngine(StepEngine):
         if len(set(rows)) > 1:
             raise ValueError(f"rollouts: every rank must get the same number of rows (the batch "
                              f"must divide evenly among the {self.world_size} ranks), got {rows}")
-
-    def _run(self, engine, batch, with_entropy):
-        s = self.settings
-        return engine(batch.input_ids, batch.attention_mask, batch.completion_mask,
-                      s.temperature, s.logprob_chunk_size, with_entropy, s.share_prompt_forward)
-
-    def _policy_logprobs(self, batch, with_entropy):
-        logprobs, entropy = self._run(self.ds, batch, with_entropy)
-        return logprobs.float(), entropy
-
-    def _ref_logprobs(self, batch):
-        return self._run(self.ref, batch, False)[0].float()
 
     def _backward(self, loss: Tensor, last: bool) -> None:
         # The boundary is the last backward of an update; DeepSpeed must not divide by its own
@@ -213,53 +196,3 @@ def _hidden_size(path: str) -> int | None:
     config = AutoConfig.from_pretrained(path)
     config = getattr(config, "text_config", config)  # multimodal configs nest the LM's
     return getattr(config, "hidden_size", None)
-
-
-class LogprobModel(torch.nn.Module):
-    """A causal LM that returns the chosen tokens' log-probs (grpo.logprobs.sequence_logprobs).
-
-    Under ZeRO-3 a weight is only materialised inside the forward of a module that owns it, so
-    the output projection must run inside a module: `head` holds the output-embedding Parameter
-    itself (shared, as tied weights are) and runs `chunked_logprobs` in its forward; DeepSpeed
-    gathers the weight around that forward and again for its backward. Numerically it is
-    `sequence_logprobs` (tests/test_engine.py checks it).
-    """
-
-    def __init__(self, lm: torch.nn.Module):
-        super().__init__()
-        self.lm = lm
-        self.head = _ChunkedHead(lm.get_output_embeddings())
-
-    def forward(
-        self,
-        input_ids: Tensor,  # [N, P + T]
-        attention_mask: Tensor,  # [N, P + T]
-        completion_mask: Tensor,  # [N, T]
-        temperature: float = 1.0,
-        chunk_size: int = 1024,
-        with_entropy: bool = False,
-        share_prompts: bool = True,
-    ) -> tuple[Tensor, Tensor]:  # logprobs [N, T], entropy [N, T] (zeros when not asked)
-        t = completion_mask.shape[1]
-        hidden = completion_hidden(self.lm.base_model, input_ids, attention_mask, t,
-                                   share_prompts)  # [N, T, H]
-        mask = completion_mask.bool()
-        logprobs, entropy = self.head(hidden[mask], input_ids[:, -t:][mask], temperature,
-                                      chunk_size, with_entropy)
-        out = logprobs.new_zeros(mask.shape).masked_scatter(mask, logprobs)
-        ent = logprobs.new_zeros(mask.shape)
-        if with_entropy:
-            ent = ent.masked_scatter(mask, entropy)
-        return out, ent
-
-
-class _ChunkedHead(torch.nn.Module):
-    def __init__(self, head: torch.nn.Module):
-        super().__init__()
-        self.weight = head.weight  # the same Parameter (tied to the input embedding in SmolLM2)
-        self.bias = getattr(head, "bias", None)
-
-    def forward(self, hidden, targets, temperature, chunk_size, with_entropy):
-        # hidden [M, H], targets [M] -> logprobs [M], entropy [M] or None
-        return chunked_logprobs(hidden, self.weight, targets, temperature, bias=self.bias,
-                                chunk_size=chunk_size, with_entropy=with_entropy)

@@ -7,7 +7,7 @@ Each is checked once, in `__post_init__`, before any model is loaded; each error
 Field names are GRPOConfig's, so a config maps onto them one to one.
 
 The sets of allowed values are `Literal` types, defined once (here, or in the module whose math
-they name: `LossType` in grpo.loss) and read with `choices()` wherever they are checked.
+they name: `LossType` in grpo.loss) and read with `typing.get_args` where they are checked.
 """
 
 from __future__ import annotations
@@ -26,21 +26,13 @@ Offload = Literal["none", "cpu", "nvme"]
 ZeroStage = Literal[2, 3]
 
 
-def choices(literal) -> tuple:
-    """The allowed values of a Literal type (of `X | None`: X's)."""
-    args = [a for a in typing.get_args(literal) if a is not type(None)]
-    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
-        return typing.get_args(args[0])
-    return tuple(args)
-
-
 def check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
 
 def check_choice(name: str, value, literal) -> None:
-    allowed = choices(literal)
+    allowed = typing.get_args(literal)
     check(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
 
 

@@ -23,6 +23,7 @@ host sync), plus one flag per update for the non-finite check.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -71,11 +72,11 @@ class StepEngine:
         return self.settings.loss()
 
     # ---- the pieces a subclass supplies --------------------------------------------------
-    def _policy_logprobs(self, batch: Rollouts, with_entropy: bool) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError  # -> logprobs [n, T] (grad when enabled), entropy [n, T]
+    policy: torch.nn.Module  # grpo.logprobs.LogprobModel of the trained model (or its wrapper)
+    reference: torch.nn.Module | None  # the same for the frozen reference; None when beta == 0
 
-    def _ref_logprobs(self, batch: Rollouts) -> Tensor:  # [n, T]
-        raise NotImplementedError
+    def _autocast(self):
+        return contextlib.nullcontext()
 
     def _backward(self, loss: Tensor, last: bool) -> None:
         """Accumulate this micro-batch's gradient; `last` marks the update's final one."""
@@ -91,16 +92,25 @@ class StepEngine:
     def _check_ranks(self, num_rows: int) -> None:
         """Every rank must run the same number of micro-batches (ZeRO's gathers are collective)."""
 
+    def _logprobs(self, module, batch: Rollouts, with_entropy: bool = False):
+        """-> logprobs [n, T] (fp32; grad when enabled), entropy [n, T] or None."""
+        s = self.settings
+        with self._autocast():
+            logprobs, entropy = module(batch.input_ids, batch.attention_mask,
+                                       batch.completion_mask, s.temperature, s.logprob_chunk_size,
+                                       with_entropy, s.share_prompt_forward)
+        return logprobs.float(), entropy
+
     # ---- public no-grad passes -----------------------------------------------------------
     def ref_logprobs(self, rollouts: Rollouts) -> Tensor | None:  # -> [N, T] or None (beta 0)
         """The frozen reference's log-probs of the completions (None when beta == 0)."""
         if self.settings.beta == 0:
             return None
-        return self._no_grad_pass(rollouts, self._ref_logprobs)
+        return self._no_grad_pass(rollouts, lambda batch: self._logprobs(self.reference, batch)[0])
 
     def policy_logprobs(self, rollouts: Rollouts) -> Tensor:  # -> [N, T]
         """The current policy's log-probs of the completions (no grad)."""
-        return self._no_grad_pass(rollouts, lambda batch: self._policy_logprobs(batch, False)[0])
+        return self._no_grad_pass(rollouts, lambda batch: self._logprobs(self.policy, batch)[0])
 
     def _no_grad_pass(self, rollouts: Rollouts, forward) -> Tensor:
         rollouts = rollouts.to(self.device)
@@ -164,7 +174,7 @@ class StepEngine:
             last = i == len(batch.slices) - 1
             rows = batch.rollouts.select(s)
             with torch.no_grad() if batch.skip_backward else torch.enable_grad():
-                logprobs, entropy = self._policy_logprobs(rows, with_entropy=first)
+                logprobs, entropy = self._logprobs(self.policy, rows, with_entropy=first)
                 out = self.loss_fn(
                     logprobs, _rows(batch.old, s), _rows(batch.ref, s), batch.advantages[s],
                     batch.loss_mask[s], normalizer=batch.normalizer,

@@ -20,9 +20,8 @@ from grpo.engine.settings import StepSettings
 from grpo.engine.step import StepEngine
 from grpo.engine.weights import (STATE_DIR, load_causal_lm, untied_names, weight_names,
                                  write_hf_directory)
-from grpo.logprobs import sequence_logprobs
+from grpo.logprobs import LogprobModel
 from grpo.models import resolve_model
-from grpo.rollouts import Rollouts
 
 
 class TorchEngine(StepEngine):
@@ -41,30 +40,19 @@ class TorchEngine(StepEngine):
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = LogprobModel(self.model)
         # No reference model at all when beta == 0: the loss never needs it.
-        self.ref_model = (load_causal_lm(self.source, self.device, trainable=False)
+        self.reference = (LogprobModel(load_causal_lm(self.source, self.device, trainable=False))
                           if settings.beta != 0 else None)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=settings.learning_rate, betas=settings.adam_betas,
             weight_decay=settings.weight_decay, fused=self.device.type == "cuda" or None)
 
     # ---- the step's pieces ---------------------------------------------------------------
-    def _logprobs(self, model, batch: Rollouts, with_entropy: bool):
-        s = self.settings
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if s.bf16
-                    else contextlib.nullcontext())
-        with autocast:
-            logprobs, entropy = sequence_logprobs(
-                model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                temperature=s.temperature, chunk_size=s.logprob_chunk_size,
-                with_entropy=with_entropy, share_prompts=s.share_prompt_forward)
-        return logprobs.float(), entropy
-
-    def _policy_logprobs(self, batch, with_entropy):
-        return self._logprobs(self.model, batch, with_entropy)
-
-    def _ref_logprobs(self, batch):
-        return self._logprobs(self.ref_model, batch, False)[0]
+    def _autocast(self):
+        if not self.settings.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _backward(self, loss: Tensor, last: bool) -> None:
         loss.backward()

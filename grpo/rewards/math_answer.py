@@ -1,35 +1,36 @@
 r"""Math accuracy: the whole final answer, read as mathematics, equals the reference.
 
-Handing the message to math-verify's `parse` (as the seeds do) lets its regexes pick a
-number-shaped span out of the text: `2**5` scored as 2 and `(9)**3` as 3. Here the answer is read
-whole or not at all; math-verify is kept for its LaTeX grammar (latex2sympy2_extended) and its
-`verify` (surds, decimals, sets, intervals, equations). What is read, and what counts as equal:
+The answer is read whole or not at all (math-verify's own `parse` picks a number-shaped span out
+of the text, which gives `2**5` the credit of 2):
 
-* The answer is the message's single `<answer>…</answer>` (two answers give 0.0), or the whole
-  message when it has no answer tags; when that holds a `\boxed{}`, the last one's content.
-* Dropped around the value: math delimiters (`$…$`, `\(…\)`, `\[…\]`), a final full stop, a leading
-  currency sign (`$5`) and one trailing unit: `%`, `\%`, `^\circ`, `°`, `\text{…}` of words, or one
-  to three bare words of two or more letters after a space. So `2 cm` and `2\text{ cm}^2` equal 2,
-  and `50%` equals 50 (how GSM8K and MATH write percentages) but not 0.5: reading it as both would
-  let one answer match two references. `2 m` is 2·m (one letter is a variable), `2cm` is 2·c·m,
-  and words that change the value (`2 million`, `3 squared`, `pi`) are not units.
+* The answer is the message's single `<answer>…</answer>` (two give 0.0), or the whole message
+  when it has no answer tags; when that holds a `\boxed{}`, the last one's content.
+* Dropped around the value: delimiters (`$…$`, `\(…\)`, `\[…\]`), a final full stop, a leading
+  currency sign (`$5`) and one trailing unit: `%`, `\%`, `^\circ`, `°`, `\text{…}` of words, or
+  one to three words of two or more letters after a space. So `2 cm` and `2\text{ cm}^2` equal 2,
+  and `50%` equals 50 (how GSM8K and MATH write percentages) but not 0.5, so that one answer
+  cannot match two references. One letter is a variable (`2 m` is 2·m; `2cm` is 2·c·m), and
+  words that change the value (`2 million`, `3 squared`, `pi`) are not units.
 * An equation equals the reference when every side does, bar a lone name on the left: `x = 2`
-  equals 2 and `2 + 3 = 5` equals 5, `2**5 = 2` does not equal 2. A reference that is an equation
-  (`y = 2x + 1`) is compared whole by math-verify.
-* Plain text reads the way people and models write it: `**` and `^` are powers, right-associative
-  (`3**2**2` is 81), `2*x`, `1/2`, `sqrt(2)`, `pi`, `×`, `÷`. Digits apart (`1 000`, `2 3`) give 0.0.
-* The grammar ends at end-of-input, so a parse consumes the whole text or fails (0.0): nothing is
-  skipped. LaTeX commands outside `_COMMANDS` give 0.0.
-* Values that are rational numbers are compared exactly. The rest goes to math-verify's `verify`
-  (decimals agree to 6 places, `\sqrt{2}/2` = `1/\sqrt{2}`, `\{1, 2\}` = `{2, 1}`, intervals), but
-  an answer with a variable the reference lacks is not equal.
+  equals 2, `2 + 3 = 5` equals 5, `2**5 = 2` does not equal 2. A reference equation
+  (`y = 2x + 1`) is compared whole.
+* `_Reader` reads arithmetic and algebra in plain text as people and models write it (`**` and
+  `^` are powers, right-associative: `3**2**2` is 81; `2*x`, `1/2`, `sqrt(2)`, `pi`, `2(3)` is 6)
+  and in LaTeX (`\frac`, `^{}`, `\cdot`; `2\frac{1}{2}` is the mixed number 5/2). The rest
+  (sets, intervals, functions, relations) is read by math-verify's LaTeX grammar, which ends at
+  end-of-input. Text either parser would have to skip gives 0.0, as do digits apart (`1 000`,
+  `2 3`) and LaTeX commands outside `_COMMANDS`.
+* Numbers are exact, decimals included: rationals are equal only when equal (`0.5` equals `1/2`;
+  `0.333` is not `1/3`, `1.414` is not `\sqrt{2}`). Other values go to math-verify's `verify`
+  (`\sqrt{2}/2` equals `1/\sqrt{2}`, `{1, 2}` equals `\{2, 1\}`, intervals, `x^2+2x+1` equals
+  `(x+1)^2`) unless they differ numerically or the answer has a variable the reference lacks.
 
-Cost is bounded without signals (math-verify's `signal.alarm` works only in the main thread, where
-it stays a 1 s backstop): before parsing, at most `MAX_ANSWER_CHARS` characters, `MAX_DEPTH`
-nested brackets and `MAX_DIGITS` digits per number; after parsing (latex2sympy builds the tree
-unevaluated) and before any evaluation, 0.0 when an exact value could exceed `MAX_BITS` bits (power
-towers, `10^{10^{10}}`, `10000!`) or the tree holds an integral, sum, product, limit or derivative.
-Per-answer CPU time on adversarial answers: benchmarks/math_reward_cost.py.
+Cost is bounded without signals (math-verify's `signal.alarm` works only in the main thread):
+`MAX_ANSWER_CHARS`, `MAX_DEPTH` and `MAX_DIGITS` before parsing; 0.0 for a power or factorial
+whose exact value could exceed `MAX_BITS` bits (towers, `10^{10^{10}}`, `10000!`), and for
+integrals, sums, products, limits and derivatives. The LaTeX grammar (ANTLR, in SLL mode) costs
+about a millisecond a token, hence `MAX_LATEX_CHARS` and `_Reader` for what it can read.
+CPU per answer: benchmarks/math_reward_cost.py.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import threading
 from grpo.rewards.tags import ANSWER_CLOSE, ANSWER_OPEN, _check_completions, extract_answer
 
 MAX_ANSWER_CHARS = 300
-MAX_DEPTH = 10
+MAX_LATEX_CHARS = 100
+MAX_DEPTH = 6
 MAX_DIGITS = 40
 MAX_BITS = 1 << 15
 SYMBOL_BITS = 256  # a variable weighs as much as a 256-bit number: powers of polynomials stay small
@@ -62,9 +64,14 @@ _UNIT = re.compile(r"(?:\\%|%|°|\^\s*\{?\s*\\circ\s*\}?"
                    r"(?:\s*\^\s*\{?[23]\}?|[²³])?\s*$")
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£)\s*(?=[-\d.])")
 _LONE_NAME = re.compile(r"\s*(?:[A-Za-z]\w*|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*")
-_PLAIN = {"×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "−": "-", "π": "\\pi ", "**": "^"}
-_PLAIN_WORDS = re.compile(r"(?<![\\A-Za-z])(sqrt|pi)(?![A-Za-z])")
-_ATOM = re.compile(r"\d*\.?\d+|\\[A-Za-z]+|.")
+_SHORTHANDS = ((re.compile(r"\\frac\s*(\w)\s*(\w)"), r"\\frac{\1}{\2}"),  # \frac12, \sqrt2
+               (re.compile(r"\\sqrt\s*(\w)"), r"\\sqrt{\1}"))
+_JUXTAPOSED = re.compile(r"(?<=[\d)])\s*(?=[({])|(?<=\))\s*(?=\d|\\frac)")
+_TOKEN = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+|\*\*|\\[A-Za-z]+|sqrt|pi(?![A-Za-z])|\S")
+_SYNONYMS = {"**": "^", "\\cdot": "*", "\\times": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/",
+             "−": "-", "sqrt": "\\sqrt", "pi": "\\pi", "π": "\\pi"}
+_READER_TOKENS = frozenset("+-*/^()[]{}") | {"\\frac", "\\sqrt", "\\pi"}
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
 
 
 def graded_text(message: str) -> str | None:
@@ -79,31 +86,12 @@ def _unbox(text: str) -> str | None:
     start = text.rfind("\\boxed")
     if start < 0:
         return text
-    brace = start + len("\\boxed")
-    while brace < len(text) and text[brace] == " ":
-        brace += 1
-    end = _closing(text, brace)
-    return text[brace + 1:end] if end > 0 else None
-
-
-def _closing(text: str, i: int) -> int:
-    """The index of the bracket closing the one at `text[i]`, or -1."""
-    if i >= len(text) or text[i] not in "({[":
-        return -1
-    opener, closer, depth = text[i], ")}]"["({[".index(text[i])], 0
-    for j in range(i, len(text)):
-        depth += (text[j] == opener) - (text[j] == closer)
+    rest, depth = text[start + len("\\boxed"):].lstrip(), 0
+    for end, char in enumerate(rest if rest.startswith("{") else ""):
+        depth += (char == "{") - (char == "}")
         if depth == 0:
-            return j
-    return -1
-
-
-def _group_end(text: str, i: int) -> int:
-    """The index after the bracket closing the one at `text[i]`; ValueError when there is none."""
-    end = _closing(text, i)
-    if end < 0:
-        raise ValueError(f"no closing bracket for {text[i:i + 1]!r} at {i}")
-    return end + 1
+            return rest[1:end]
+    return None
 
 
 def _undress(text: str) -> str:
@@ -115,8 +103,8 @@ def _undress(text: str) -> str:
             break
     text = _CURRENCY.sub("", text.removesuffix(".").rstrip())
     unit = _UNIT.search(text)
-    words = unit and (unit["text"] or unit["words"] or "").lower().split()
-    if unit and unit.start() > 0 and not _NOT_UNITS.intersection(words or ()):
+    words = (unit["text"] or unit["words"] or "").lower().split() if unit else []
+    if unit and unit.start() > 0 and not _NOT_UNITS.intersection(words):
         text = text[:unit.start()].rstrip()
     return text
 
@@ -129,77 +117,114 @@ def _too_costly_to_parse(text: str) -> bool:
             return True
     return (any(len(digits) > MAX_DIGITS for digits in re.findall(r"\d+", text))
             or any(name not in _COMMANDS for name in re.findall(r"\\([A-Za-z]+)", text))
-            or re.search(r"\d\s+\.?\d", text) is not None)
+            or re.search(r"\d\s+\.?\d|\.\d*\.", text) is not None)  # 1 000, 2 3, 1.2.3
 
 
-def _latexify(text: str) -> str:
-    """Plain text as the LaTeX that says the same (`3**2**2` → `3^{2^{2}}`, `2^-1` → `2^{-1}`,
-    `sqrt(2)` → `\\sqrt{2}`); LaTeX passes through. Raises ValueError when it can't be."""
-    for plain, latex in _PLAIN.items():
-        text = text.replace(plain, latex)
-    return _brace(_PLAIN_WORDS.sub(r"\\\1", text))
+class _Outside(Exception):
+    """The text uses more than `_Reader` reads (a set, a function, a relation …)."""
 
 
-def _brace(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "^":
-            operand, i = _exponent(text, i + 1)
-            out.append("^{" + operand + "}")
-        elif text.startswith("\\sqrt(", i):
-            end = _group_end(text, i + 5)
-            out.append("\\sqrt{" + _brace(text[i + 6:end - 1]) + "}")
-            i = end
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+class _Reader:
+    """Recursive descent over numbers, variables, `+ - * / ^` (`**`), brackets, `\\frac`, `\\sqrt`,
+    `\\pi` and juxtaposition, to exact sympy values. Raises _Outside on anything else, ValueError
+    on a division by zero or a power too large to compute (`_power`).
+
+    expr := product (('+'|'-') product)*    product := signed (('*'|'/')? signed)*
+    signed := ('+'|'-') signed | atom ('^' signed)?
+    """
+
+    def __init__(self, text: str):
+        self.tokens, self.i = [_SYNONYMS.get(token, token) for token in _TOKEN.findall(text)], 0
+        for token in self.tokens:
+            if not (token in _READER_TOKENS or token[0] in "0123456789."
+                    or (len(token) == 1 and token.isalpha() and token not in "iI")):
+                raise _Outside(token)
+
+    def read(self):
+        value = self.expr()
+        if self.peek() is not None:
+            raise _Outside(self.peek())
+        return value
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if token is None or expected not in (None, token):
+            raise _Outside(f"expected {expected!r}, got {token!r}")
+        self.i += 1
+        return token
+
+    def expr(self):
+        value = self.product()
+        while self.peek() in ("+", "-"):
+            value = value + self.product() if self.take() == "+" else value - self.product()
+        return value
+
+    def product(self):
+        value = self.signed()
+        while self.peek() not in (None, "+", "-", ")", "]", "}"):
+            operator = self.take() if self.peek() in ("*", "/") else "*"
+            value = value * self.signed() if operator == "*" else _divide(value, self.signed())
+        return value
+
+    def signed(self):
+        if self.peek() in ("+", "-"):
+            return self.signed() if self.take() == "+" else -self.signed()
+        base = self.atom()
+        if self.peek() != "^":
+            return base
+        self.take()
+        return _power(base, self.signed())
+
+    def atom(self):
+        import sympy
+
+        token = self.take()
+        if token in _CLOSERS:
+            value = self.expr()
+            self.take(_CLOSERS[token])
+            return value
+        if token == "\\frac":
+            return _divide(self.atom(), self.atom())
+        if token == "\\sqrt" and self.peek() != "[":
+            return _power(self.atom(), sympy.Rational(1, 2))
+        if token[0] in "0123456789.":
+            number = sympy.Rational(token)
+            if self.peek() == "\\frac" and "." not in token:  # 2\frac{1}{2} is 5/2
+                part = self.atom()
+                return number + part if part.is_Rational and part > 0 else number * part
+            return number
+        if token in ("\\pi", "e"):
+            return sympy.pi if token == "\\pi" else sympy.E
+        if token.isalpha():
+            return sympy.Symbol(token.lower(), real=True)  # as latex2sympy names variables
+        raise _Outside(token)
 
 
-def _exponent(text: str, i: int) -> tuple[str, int]:
-    """The operand of the `^` before `text[i]` (signs, an atom, any further `^`), and its end."""
-    start = i
-    while i < len(text) and text[i] in " +-":
-        i += 1
-    sign = text[start:i].replace(" ", "")
-    if i == len(text):
-        raise ValueError("nothing after ^")
-    if text[i] in "({[":
-        end = _group_end(text, i)
-        atom, i = (text[i + 1:end - 1] if text[i] == "{" else text[i:end]), end
-    else:
-        match = _ATOM.match(text, i)
-        atom, i = match[0], match.end()
-        while atom.startswith("\\") and text.startswith("{", i):  # \frac{1}{2}
-            end = _group_end(text, i)
-            atom, i = atom + text[i:end], end
-    operand = sign + _brace(atom)
-    after = len(text) - len(text[i:].lstrip(" "))
-    if text.startswith("^", after):  # right-associative: a^b^c = a^(b^c)
-        power, i = _exponent(text, after + 1)
-        operand += "^{" + power + "}"
-    return operand, i
+def _divide(numerator, denominator):
+    if denominator == 0:
+        raise ValueError("division by zero")
+    return numerator / denominator
 
 
-@functools.lru_cache(maxsize=4096)  # a group's completions often repeat an answer
-def _read(text: str):
-    """`text` as an unevaluated sympy expression; None when it does not read whole as math or
-    could be costly to evaluate."""
-    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig, latex2sympy, normalize_latex
-    from math_verify.grader import should_treat_as_complex
+def _power(base, exponent):
+    """`base ** exponent`; ValueError when its exact value could exceed `MAX_BITS` bits."""
+    if not exponent.free_symbols and (_bits(base) * _scale(exponent) > MAX_BITS
+                                      or (base == 0 and exponent.is_negative)):
+        raise ValueError("power too large to compute (or 0 to a negative power)")
+    return base ** exponent
 
-    if len(text) > MAX_ANSWER_CHARS:
-        return None
-    text = normalize_latex(_undress(text), NormalizationConfig(basic_latex=True, boxed="none"))
-    if not text.strip() or _too_costly_to_parse(text):
-        return None
-    try:
-        text = _latexify(text)
-        expr = latex2sympy(text, is_real=not should_treat_as_complex(text),
-                           normalization_config=None)
-    except Exception:  # the grammar's error listener raises plain Exception on a syntax error
-        return None
-    return expr if _bits(expr) <= MAX_BITS else None
+
+def _scale(exponent) -> float:
+    """A bound on bits(base ** exponent) / bits(base) for a number `exponent`: |p| or q when it
+    is p/q; inf when it could exceed 2**64."""
+    bits = _bits(exponent)
+    if bits > 64:
+        return math.inf
+    exponent = exponent.doit()  # cheap: every number in it has at most 64 bits
+    return max(abs(exponent.p), exponent.q) if exponent.is_Rational else 2.0 ** bits
 
 
 def _bits(expr) -> float:
@@ -210,14 +235,14 @@ def _bits(expr) -> float:
     if isinstance(expr, (sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit, sympy.Derivative)):
         return math.inf
     if isinstance(expr, sympy.Rational):
-        return max(abs(expr.p).bit_length(), expr.q.bit_length())
+        return max(abs(expr.p).bit_length(), expr.q.bit_length(), 1)  # 1: 0 * inf is nan
     if isinstance(expr, sympy.Float):
         return 64 + abs(int(expr)).bit_length()
     if isinstance(expr, sympy.Symbol):
         return SYMBOL_BITS
-    if isinstance(expr, sympy.Pow) and not expr.exp.free_symbols:
-        exponent = _bits(expr.exp)  # |exponent| < 2**exponent
-        return _bits(expr.base) * 2.0 ** exponent if exponent < 64 else math.inf
+    if isinstance(expr, (sympy.Pow, sympy.exp)) and not expr.as_base_exp()[1].free_symbols:
+        base, exponent = expr.as_base_exp()  # exp(x) is e**x
+        return _bits(base) * _scale(exponent)
     if isinstance(expr, sympy.factorial):
         n = _bits(expr.args[0])  # n! <= n**n
         return n * 2.0 ** n if n < 64 else math.inf
@@ -225,19 +250,68 @@ def _bits(expr) -> float:
     return 1 + sum(_bits(part) for part in parts)
 
 
+@functools.lru_cache(maxsize=4096)  # a group's completions often repeat an answer
+def _read(text: str):
+    """`text` as an exact sympy value; None when it does not read whole as math or could be
+    costly. Never raises: it reads model output."""
+    import sympy
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig, normalize_latex
+    from math_verify.grader import should_treat_as_complex
+
+    if len(text) > MAX_ANSWER_CHARS:
+        return None
+    text = normalize_latex(_undress(text), NormalizationConfig(basic_latex=True, boxed="none"))
+    for pattern, replacement in _SHORTHANDS:
+        text = pattern.sub(replacement, text)
+    if not text.strip() or _too_costly_to_parse(text):
+        return None
+    try:
+        return _Reader(text).read()
+    except _Outside:
+        pass  # sets, intervals, functions, relations: the LaTeX grammar reads those
+    except Exception:  # a power too large, a division by zero, recursion
+        return None
+    if len(text) > MAX_LATEX_CHARS:
+        return None
+    text = _JUXTAPOSED.sub(r"\\cdot ", text.replace("**", "^"))  # latex2sympy reads 2(3) as 2+3
+    converter = _latex2sympy()(is_real=not should_treat_as_complex(text))  # outside: fail loudly
+    try:
+        expr = converter.parse(text)
+        if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)) or _bits(expr) > MAX_BITS:
+            return None
+        expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
+        return expr.doit() if isinstance(expr, sympy.Expr) else expr  # cheap: its size is bounded
+    except Exception:  # the grammar's error listener raises plain Exception on a syntax error
+        return None
+
+
+@functools.cache
+def _latex2sympy():
+    """latex2sympy's converter with ANTLR in SLL mode (what SLL cannot parse gives 0.0)."""
+    from antlr4.atn.PredictionMode import PredictionMode
+    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
+
+    class SLLLatex2Sympy(_Latex2Sympy):
+        def create_parser(self, latex_str):
+            parser = super().create_parser(latex_str)
+            parser._interp.predictionMode = PredictionMode.SLL
+            return parser
+
+    return SLLLatex2Sympy
+
+
 @functools.lru_cache(maxsize=1024)
 def _read_reference(reference: str):
     expr = _read(_unbox(reference) or reference)
     if expr is None:
-        raise ValueError(f"reference {reference!r} does not read as math (or is too large): see "
-                         "grpo.rewards.math_answer for what is read")
+        raise ValueError(f"reference {reference!r} does not read as math, or is too large (see "
+                         "grpo.rewards.math_answer for what is read)")
     return expr
 
 
 def is_math_equal(prediction: str, reference: str) -> bool:
     """True when the whole of `prediction` reads as math equal to `reference` (module docstring).
-
-    Raises ValueError only for a reference that is not a non-empty string that reads as math."""
+    Raises ValueError only when the reference is not a non-empty string that reads as math."""
     if not isinstance(reference, str) or not reference.strip():
         raise ValueError(f"answer must hold non-empty reference strings, got {reference!r}")
     gold = _read_reference(reference)
@@ -255,27 +329,28 @@ def _equal(gold, pred) -> bool:
 
     if pred is None:
         return False
-    gold_value, pred_value = _value(gold), _value(pred)
-    if isinstance(gold_value, sympy.Rational) and isinstance(pred_value, sympy.Rational):
-        return gold_value == pred_value
-    if _names(pred) - _names(gold):
+    if isinstance(gold, sympy.Rational) and isinstance(pred, sympy.Rational):
+        return gold == pred
+    names = [{symbol.name for symbol in getattr(e, "free_symbols", ())} for e in (gold, pred)]
+    if names[1] - names[0] or _differ(gold, pred):  # a variable the reference lacks; a number off
         return False
     timeout = 1 if threading.current_thread() is threading.main_thread() else None
-    return bool(verify(gold_value, pred_value, timeout_seconds=timeout))
+    return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
-def _value(expr):
-    """`expr` evaluated (cheap: `_read` bounded its size), when it is a plain expression."""
+def _differ(gold, pred) -> bool:
+    """True when `gold - pred` is clearly nonzero at a rational point: math-verify's `simplify`
+    then only sees answers that may be right."""
     import sympy
 
+    if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+        return False
+    symbols = sorted(gold.free_symbols | pred.free_symbols, key=str)
+    point = {s: sympy.Rational(7 + k, 13 + 2 * k) for k, s in enumerate(symbols)}
     try:
-        return expr.doit() if isinstance(expr, sympy.Expr) else expr
-    except Exception:  # sympy raises various errors on odd inputs (0**-1 in a matrix, …)
-        return expr
-
-
-def _names(expr) -> set[str]:
-    return {symbol.name for symbol in getattr(expr, "free_symbols", ())}
+        return bool(abs((gold - pred).evalf(30, subs=point)) > 1e-20)
+    except Exception:  # TypeError when the difference is not a number (nan, zoo)
+        return False
 
 
 def math_reward(completions: list[str], answer: list) -> list[float]:

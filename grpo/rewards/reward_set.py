@@ -3,23 +3,16 @@
 What a step gets is one finite float per completion, always. How we differ from TRL's
 `_calculate_rewards`, which Mini-R1 relies on:
 
-* Every function must return exactly N values; a list of another length (Mini-R1's accuracy
-  reward skips wrong answers, so its list drifts out of line) is an error naming the function and
-  both lengths, never a silent `zip` truncation.
-* Columns are matched to each function's signature: a reward receives only the dataset columns it
-  names (all of them if it takes `**kwargs`), and `required_columns` / `check_columns` let a
-  trainer fail before the first step with the column and the reward that needs it.
-* `None` from a function means "not applicable" for that completion: it is left out of the
-  weighted sum (and of that function's mean/std); `per_function` shows it as NaN. `total` never
-  holds NaN, so nothing non-finite reaches the advantages.
-* Errors (decided here): by default (`on_error="raise"`) a function that raises or returns NaN/inf
-  fails the step with a `RewardError` naming the function and the exception, because a reward bug
-  that silently scores 0.0 trains the model on noise. `on_error="zero"` instead scores the affected
-  completions 0.0 and counts them in `metrics["rewards/<name>/errors"]`.
-* Slow or untrusted functions can run in a process pool (`num_workers > 0`), one call per
-  completion, with a per-call `timeout` in seconds. A call that runs past it scores 0.0, is counted
-  in `metrics["rewards/<name>/timeouts"]`, and the pool is killed and restarted, since a stuck
-  worker (e.g. a C-level big-integer power) cannot be interrupted any other way.
+* Every function must return exactly N values (Mini-R1's accuracy reward skips wrong answers,
+  so its list drifts out of line): another length is an error, never a silent `zip` truncation.
+* A reward receives the dataset columns its signature names (all with `**kwargs`);
+  `check_columns` fails before the first step, naming the column and the reward.
+* `None` means "not applicable": out of the weighted sum and the stats, NaN in `per_function`.
+* A function that raises or returns NaN/inf fails the step by default (a reward bug that silently
+  scores 0.0 trains on noise); `on_error="zero"` scores it 0.0 and counts it.
+* Slow or untrusted functions can run in a process pool with a per-call `timeout`; a stuck worker
+  is killed (a C-level big-integer power cannot be interrupted any other way).
+The failure table: docs/architecture.md, "Rewards and prompts".
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Group samplers: G completions per prompt, with the sampler's own log-prob of every token.
-
-| module | holds |
-| --- | --- |
-| `base.py` | `GroupSampler` (the protocol) and what both samplers accept |
-| `vllm.py` | `VLLMSampler`: in-process vLLM, new weights pushed in place |
-| `hf.py` | `HFSampler`: transformers `generate`, for models vLLM can't run |
-
-Both return `Rollouts` (grpo/rollouts.py). vLLM and transformers are imported when a sampler is
-built, not by `import grpo.sampler`.
-"""
+`VLLMSampler` (in-process vLLM) and `HFSampler` (transformers `generate`) both follow
+`GroupSampler` and return `Rollouts`; vLLM is imported when a sampler is built."""
 
 from grpo.rollouts import Rollouts
 from grpo.sampler.base import GroupSampler

@@ -1,24 +1,8 @@
 """VLLMSampler: G completions per prompt from an in-process vLLM engine (the CPU build here,
 CUDA on GPUs), with the sampler's own log-prob of every token; it takes new weights in place
-after each optimizer step.
-
-Choices that differ from the usual recipes, and why:
-- Prompts are tokenised here with `add_special_tokens=False` and handed to the engine as token
-  ids. They are rendered chat strings whose template already wrote any BOS; vLLM's default for a
-  text prompt adds one more. `Rollouts.prompt_ids` are therefore exactly the ids the engine saw.
-- `sampler_logprobs` are of the distribution actually sampled: logits / temperature, then top-p
-  (vLLM's `logprobs_mode="processed_logprobs"`; the HF sampler records the same after its
-  warpers). With top_p = 1 this is what `grpo.logprobs.sequence_logprobs(..., temperature)`
-  computes for the trainer. At temperature 0 (greedy) they are the raw, unscaled log-probs.
-- Every completion is its own request with its own seed, `_row_seed(seed, row)`, so a call is
-  reproducible for a fixed seed, and the trainer's `derive_seed(seed, step, rank)` re-samples a
-  resumed run exactly (vLLM forbids n > 1 for greedy requests; prefix caching still prefills
-  each prompt once).
-- `load_weights` collects the whole state dict before one reload: on the CPU build a push of part
-  of a fused weight (q without k and v) corrupts the layer, so a push that misses a checkpoint
-  tensor is refused, naming what is missing.
-
-How one engine per rank shares cores (CPU) or a GPU with its trainer: docs/architecture.md.
+after each optimizer step. Why prompts go in as token ids, which log-probs are recorded, how
+rows are seeded, why a weight push must be whole, and how one engine per rank shares cores or a
+GPU with its trainer: docs/architecture.md, "Sampler".
 """
 
 from __future__ import annotations

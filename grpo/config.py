@@ -174,13 +174,15 @@ class GRPOConfig:
                      "logging_steps", "save_total_limit"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.num_generations >= 2,
-              f"num_generations must be >= 2 (GRPO compares completions), got {self.num_generations}")
+              f"num_generations must be >= 2 (GRPO compares completions), "
+              f"got {self.num_generations}")
         check(self.completions_per_step % self.num_generations == 0,
               f"per_device_train_batch_size * gradient_accumulation_steps = "
               f"{self.per_device_train_batch_size} * {self.gradient_accumulation_steps} = "
               f"{self.completions_per_step} completions per rank is not divisible by "
               f"num_generations={self.num_generations}")
-        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check(0 <= self.warmup_ratio < 1,
+              f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         for name in ("num_train", "num_test", "eval_steps", "save_steps", "log_completions_steps"):

@@ -66,7 +66,10 @@ class _ChunkedSelectedLogprobs(torch.autograd.Function):
                 grad_hidden[s:s + chunk_size] = (grad_logits.to(weight.dtype) @ weight).div_(
                     temperature).to(h.dtype)
             if need_w:
-                grad_weight.addmm_(grad_logits.T.to(h.dtype), h)
+                if h.dtype == compute_dtype:
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:  # bf16 weights (DeepSpeed's bf16): a bf16 matmul, summed in fp32
+                    grad_weight += (grad_logits.T.to(h.dtype) @ h).to(compute_dtype)
             if need_b:
                 grad_bias += grad_logits.sum(0)
         if need_w:

@@ -9,10 +9,9 @@
 
 Everything the loop needs is derived from (config, step): the prompts of step s are a fixed slice
 of a seeded permutation per epoch, and the sampler is seeded with derive_seed(seed, s, rank)
-(grpo/seeds.py). So a checkpoint needs only the weights, the optimizer state and step count (the
-engine's), the RNG states and the step, and a resumed run repeats exactly what an uninterrupted one would have done (on this CPU; on GPUs,
-vLLM's batched kernels and atomics are not bit-reproducible, so a resumed run matches in
-distribution, not bit for bit).
+(grpo/seeds.py). So a checkpoint needs only the weights, the engine's optimizer state and step
+count, the RNG states and the step, and a resumed run repeats exactly what an uninterrupted one
+would have done (bit for bit on a CPU; vLLM's batched CUDA kernels are not bit-reproducible).
 
 With several ranks (DeepSpeed), each rank samples and trains on its own share of the step's
 prompts; only rank 0 logs, evaluates and writes checkpoint metadata.
@@ -186,8 +185,8 @@ class GRPOTrainer:
 def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,
                    rank: int = 0, world_size: int = 1) -> list[int]:
     """Dataset rows that `rank` trains on at `step`: a fixed slice of a permutation of the
-    dataset seeded with derive_seed(seed, epoch). The step's prompts over all ranks are the same for any
-    world size (rank r takes the r-th slice), so 1 and 2 processes see the same puzzles."""
+    dataset seeded with derive_seed(seed, epoch). The step's prompts over all ranks are the same
+    for any world size (rank r takes the r-th slice): 1 and 2 processes see the same puzzles."""
     per_step = prompts_per_step * world_size
     first = step * per_step + rank * prompts_per_step
     indices = []

@@ -50,6 +50,23 @@ def test_chunked_within_1e6_of_naive_in_float32():
     assert (fast - naive).abs().max() <= 1e-6
 
 
+def test_bf16_weights_backward_sums_the_weight_gradient_in_fp32():
+    """DeepSpeed's bf16 holds hidden states and weights in bf16: the weight gradient is a bf16
+    matmul per chunk added into an fp32 buffer, then cast to bf16. Against the fp32 gradient of
+    the same (bf16-rounded) inputs it is off by bf16 rounding only: relative error a few 2^-8."""
+    hidden, weight, _, targets = _inputs(torch.float32, m=64, h=32, v=512, bias=False)
+    hidden, weight = hidden.detach().bfloat16(), (weight.detach() * 0.1).bfloat16()
+    upstream = torch.randn(64)
+    want = torch.autograd.grad(
+        (_naive(hidden.float().requires_grad_(), w32 := weight.float().requires_grad_(), None,
+                targets, 0.9) * upstream).sum(), w32)[0]
+    w16 = weight.requires_grad_()
+    fast, _ = chunked_logprobs(hidden, w16, targets, 0.9, chunk_size=24)
+    got = torch.autograd.grad((fast * upstream).sum(), w16)[0]
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).norm() <= 2 ** -6 * want.norm()
+
+
 def test_gradcheck_through_the_custom_backward():
     hidden, weight, bias, targets = _inputs(F64, m=7, h=4, v=9)
     fn = lambda h, w, b: chunked_logprobs(h, w, targets, 0.8, bias=b, chunk_size=3)[0]  # noqa

@@ -142,10 +142,6 @@ class DeepSpeedEngine(StepEngine):
             norm = float("nan") if norm == norm and abs(norm) != float("inf") else norm
         return norm
 
-    def _set_lr(self, lr: float) -> None:
-        for group in self.ds.optimizer.param_groups:
-            group["lr"] = lr
-
     # ---- weights and checkpoints ---------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
         """Full tensors with Hugging Face names, gathered one parameter at a time on every rank

@@ -86,8 +86,11 @@ class StepEngine:
         """Clip and step (or, with skip, drop the gradients); returns the pre-clip grad norm."""
         raise NotImplementedError
 
+    optimizer: torch.optim.Optimizer  # DeepSpeed: its wrapper, which shares the param groups
+
     def _set_lr(self, lr: float) -> None:
-        raise NotImplementedError
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _check_ranks(self, num_rows: int) -> None:
         """Every rank must run the same number of micro-batches (ZeRO's gathers are collective)."""

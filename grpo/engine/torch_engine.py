@@ -69,10 +69,6 @@ class TorchEngine(StepEngine):
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
     # ---- weights and checkpoints ---------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
         """Every state-dict entry (tied weights under each name), as detached views: no copy."""

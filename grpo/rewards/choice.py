@@ -24,10 +24,7 @@ def normalize_choice(text: str) -> str:
 
 def choice_reward(completions: list[str], answer: list[str]) -> list[float]:
     """1.0 when the message's single `<answer>` is the letter `answer[i]`, else 0.0."""
-    _check_completions(completions)
-    if len(answer) != len(completions):
-        raise ValueError(f"answer has {len(answer)} rows but completions has {len(completions)}: "
-                         "pass one row per completion")
+    _check_completions(completions, answer=answer)
     rewards = []
     for text, right in zip(completions, answer):
         if not isinstance(right, str) or len(right.strip()) != 1 or not right.strip().isalpha():

@@ -152,11 +152,7 @@ def score_countdown(message: str, nums, target) -> float:
 
 def countdown_reward(completions: list[str], nums: list, target: list) -> list[float]:
     """Exact Countdown accuracy per completion; `nums[i]` and `target[i]` belong to completion i."""
-    _check_completions(completions)
-    for name, column in (("nums", nums), ("target", target)):
-        if len(column) != len(completions):
-            raise ValueError(f"{name} has {len(column)} rows but completions has "
-                             f"{len(completions)}: pass one row per completion")
+    _check_completions(completions, nums=nums, target=target)
     return [score_countdown(text, row_nums, row_target)
             for text, row_nums, row_target in zip(completions, nums, target)]
 

@@ -356,10 +356,7 @@ def _differ(gold, pred) -> bool:
 def math_reward(completions: list[str], answer: list) -> list[float]:
     """1.0 when the message's final answer, read whole, equals `answer[i]` as mathematics, else 0.0
     (what is read and what is equal: the module docstring). Raises only on a bad `answer` row."""
-    _check_completions(completions)
-    if len(answer) != len(completions):
-        raise ValueError(f"answer has {len(answer)} rows but completions has {len(completions)}: "
-                         "pass one row per completion")
+    _check_completions(completions, answer=answer)
     references = [str(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else r
                   for r in answer]
     for reference in references:  # every reference is checked, whatever the completions say

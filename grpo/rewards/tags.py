@@ -97,9 +97,14 @@ def _format_score(message: str) -> float:
     return (answer_open + answer_close + think + joined + tail) / 5
 
 
-def _check_completions(completions) -> None:
+def _check_completions(completions, **columns) -> None:
+    """Completions are a list of str, and each column has one row per completion."""
     if isinstance(completions, str) or not isinstance(completions, (list, tuple)):
         raise ValueError(f"completions must be a list of str, got {type(completions).__name__}")
     for i, text in enumerate(completions):
         if not isinstance(text, str):
             raise ValueError(f"completions[{i}] must be a str, got {type(text).__name__}")
+    for name, column in columns.items():
+        if len(column) != len(completions):
+            raise ValueError(f"{name} has {len(column)} rows but completions has "
+                             f"{len(completions)}: pass one row per completion")

@@ -36,6 +36,15 @@ def check_settings(group_size: int, max_tokens: int, temperature: float, top_p: 
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
+def call_settings(sampler, group_size, temperature, max_tokens) -> tuple[int, float, int]:
+    """A `sample` call's (G, temperature, max_tokens): the sampler's own where None, checked."""
+    g = sampler.group_size if group_size is None else group_size
+    temp = sampler.temperature if temperature is None else temperature
+    m = sampler.max_tokens if max_tokens is None else max_tokens
+    check_call(g, m, temp)
+    return g, temp, m
+
+
 def check_call(group_size: int, max_tokens: int, temperature: float) -> None:
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler.base import check_call, check_settings, collect_weights, tokenize_prompts
+from grpo.sampler.base import call_settings, check_settings, collect_weights, tokenize_prompts
 
 
 class _RecordChosenLogprobs:
@@ -82,10 +82,7 @@ class HFSampler:
         """G completions per prompt, grouped contiguously (see VLLMSampler.sample)."""
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-        g = self.group_size if group_size is None else group_size
-        temp = self.temperature if temperature is None else temperature
-        m = self.max_tokens if max_tokens is None else max_tokens
-        check_call(g, m, temp)
+        g, temp, m = call_settings(self, group_size, temperature, max_tokens)
         ids = tokenize_prompts(self.tokenizer, prompts, self.max_model_len)
         rows = [i for i in range(len(ids)) for _ in range(g)]
         p = max(len(x) for x in ids)

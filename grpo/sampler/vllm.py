@@ -19,7 +19,7 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler.base import check_call, check_settings, collect_weights, tokenize_prompts
+from grpo.sampler.base import call_settings, check_settings, collect_weights, tokenize_prompts
 from grpo.seeds import splitmix64
 
 GiB = 1 << 30
@@ -77,18 +77,11 @@ def _cpu_has_bf16() -> bool:
 class VLLMSampler:
     """G completions per prompt from an in-process vLLM engine that takes new weights in place.
 
-    `sample` returns `Rollouts` whose `sampler_logprobs` are log-probs of the temperature-scaled
-    (and top-p-truncated) distribution the tokens were drawn from (vLLM's
-    `logprobs_mode="processed_logprobs"`), i.e. what the trainer scores with the same temperature.
-
-    Memory: on CPU the KV cache is `kv_cache_memory_gb` (vLLM's default would reserve 92 % of the
-    machine, so it must be set). On CUDA, `kv_cache_memory_gb=None` sizes the cache from
-    `gpu_memory_utilization` (the engine's fraction of the GPU); a number overrides it (vLLM then
-    ignores gpu_memory_utilization). `enable_sleep_mode` (CUDA only) allows `sleep()`/`wake_up()`.
-
-    Threads (CPU): the engine runs on the process's torch threads, shared with the trainer.
-    `num_threads` sets them for the whole process (None keeps the current count); vLLM would
-    otherwise cut them to 1 and lock them. On a busy machine 1 thread can beat 2 (spin-waits).
+    Memory: on CPU the KV cache is `kv_cache_memory_gb` (required: vLLM's default would reserve
+    92 % of the machine); on CUDA, None sizes it from `gpu_memory_utilization`, and
+    `enable_sleep_mode` allows `sleep()`/`wake_up()`. Threads (CPU): the engine computes on the
+    process's torch threads; `num_threads` sets them (None keeps the current count), which vLLM
+    would otherwise cut to 1 and lock.
     """
 
     def __init__(self, model: str, group_size: int, max_tokens: int, temperature: float = 1.0,
@@ -155,10 +148,7 @@ class VLLMSampler:
         """
         from vllm import SamplingParams
 
-        g = self.group_size if group_size is None else group_size
-        temp = self.temperature if temperature is None else temperature
-        m = self.max_tokens if max_tokens is None else max_tokens
-        check_call(g, m, temp)
+        g, temp, m = call_settings(self, group_size, temperature, max_tokens)
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before sample()")
         ids = tokenize_prompts(self.tokenizer, prompts, self.max_model_len)

@@ -1,4 +1,4 @@
-"""Loss and advantage agreement with TRL's GRPOTrainer on identical inputs (issue 8).
+"""Loss and advantage agreement with TRL's GRPOTrainer on identical inputs (issues 8 and 18).
 
     .venv/bin/python benchmarks/loss_agreement.py
 
@@ -16,6 +16,15 @@ exactly the log-probs grpo's `grpo_loss` sees, and d loss / d logprobs is read o
 grad. Micro-batches are fed as TRL's `_prepare_inputs` feeds them (its `inputs` dict, with
 `num_items_in_batch` counted on the whole generation batch) and their losses summed, as the
 gradients of TRL's accumulation steps are (GRPOTrainer scales for accumulation itself).
+
+The objective variants TRL defines too (issue 18): GSPO (`importance_sampling_level=
+"sequence"` on both sides), grpo's `kl_ratio_weight` against TRL's `use_bias_correction_kl`, and
+grpo's `tis_mode`/`tis_cap` against TRL's `vllm_importance_sampling_mode`/`_clip_max`. TRL
+computes its vLLM importance-sampling ratios in `_generate_and_score_completions` from a sampler's
+log-probs (made up here, within +-0.4 nats of the old policy's); the TRL side evaluates those
+lines, transcribed below after checking them against the installed source, passes the ratios in
+the batch as TRL does, and sets `use_vllm` and `vllm_importance_sampling_correction` on the
+trainer so that `_compute_loss` applies them (no vLLM is imported or run).
 
 Advantages: grpo's `group_advantages` against TRL's group normalisation, which lives inside
 `_generate_and_score_completions` (it needs generation), so the TRL side evaluates the lines of
@@ -48,16 +57,27 @@ N, G, T = 8, 4, 16
 MAX_COMPLETION_LENGTH = 24  # TRL's config constant, the dr_grpo divisor (> T on purpose)
 EPS_LOW, EPS_HIGH = 0.2, 0.28
 
+TIS_CAP = 1.3  # C: some token weights and some completions' rho pass it (sampler +-0.4 nats)
+GSPO_EPS = (3e-4, 4e-4)  # GSPO's clip range (paper section 5.1)
+
 NO_BC = dict(use_bias_correction_kl=False)  # TRL's KL without its importance-ratio factor
+SEQ = dict(importance_sampling_level="sequence")  # the same keyword and values on both sides
+MASK_NOTE = "TRL keeps weight w on kept tokens (w 1[w <= C]); grpo 1[w <= C]"
 
 
 def case(name, ours, trl, beta, micro=1, empty_row=False, on_policy=False, trl_args=None,
-         expect=True, note=""):
+         expect=True, note="", ours_args=None, tis=None, eps=(EPS_LOW, EPS_HIGH),
+         trl_kept_as_one=False):
     """One comparison. trl_args: GRPOConfig fields beyond the shared ones (beta != 0 cases
-    set use_bias_correction_kl=False, the definition grpo's matches; TRL's default, True, is
-    shown in its own rows). expect=False: the definitions differ and the numbers must too."""
+    set use_bias_correction_kl=False, the definition grpo's default matches; TRL's default,
+    True, is shown in its own rows). ours_args: grpo_loss keywords beyond the shared ones.
+    tis: a tis_mode (= TRL's vllm_importance_sampling_mode) with cap TIS_CAP on both sides.
+    trl_kept_as_one: TRL's *_mask ratios with every kept (nonzero) weight set to 1, grpo's
+    definition, to show that this is the only difference.
+    expect=False: the definitions differ and the numbers must too."""
     return dict(name=name, ours=ours, trl=trl, beta=beta, micro=micro, empty_row=empty_row,
-                on_policy=on_policy, trl_args=trl_args or {}, expect=expect, note=note)
+                on_policy=on_policy, trl_args=trl_args or {}, expect=expect, note=note,
+                ours_args=ours_args or {}, tis=tis, eps=eps, trl_kept_as_one=trl_kept_as_one)
 
 
 CASES = [
@@ -88,6 +108,42 @@ CASES = [
          note="TRL: KL x ratio (use_bias_correction_kl=True)"),
     case("token_mean / dapo, TRL default KL, on-policy", "token_mean", "dapo", 0.04,
          on_policy=True, expect=False, note="same value, ratio's gradient adds k3 x grad logp"),
+    # issue 18: the variants TRL has too
+    case("kl_ratio_weight / use_bias_correction_kl", "token_mean", "dapo", 0.04,
+         ours_args=dict(kl_ratio_weight=True), note="both: KL x r_t, with its gradient"),
+    case("kl_ratio_weight / use_bias_correction_kl, on-policy", "token_mean", "dapo", 0.04,
+         on_policy=True, ours_args=dict(kl_ratio_weight=True)),
+    case("kl_ratio_weight / use_bias_correction_kl", "grpo", "grpo", 0.04, micro=2,
+         ours_args=dict(kl_ratio_weight=True)),
+    case("GSPO (sequence level)", "grpo", "grpo", 0.0, trl_args=SEQ, ours_args=SEQ),
+    case("GSPO (sequence level)", "grpo", "grpo", 0.04, micro=2, trl_args=dict(SEQ, **NO_BC),
+         ours_args=SEQ),
+    case("GSPO, clip 3e-4 / 4e-4", "grpo", "grpo", 0.0, trl_args=SEQ, ours_args=SEQ,
+         eps=GSPO_EPS, note="GSPO's clip range"),
+    case("GSPO, token_mean / dapo", "token_mean", "dapo", 0.04, trl_args=dict(SEQ, **NO_BC),
+         ours_args=SEQ, note="TRL warns: not GSPO's aggregation"),
+    case("GSPO, on-policy", "grpo", "grpo", 0.04, on_policy=True, trl_args=dict(SEQ, **NO_BC),
+         ours_args=SEQ),
+    case("GSPO + kl_ratio_weight / + use_bias_correction_kl", "grpo", "grpo", 0.04,
+         trl_args=SEQ, ours_args=dict(SEQ, kl_ratio_weight=True), expect=False,
+         note="TRL: KL x s_i (the sequence ratio); grpo: KL x r_t"),
+    case("tis token_truncate / vLLM IS token_truncate", "token_mean", "dapo", 0.04,
+         trl_args=NO_BC, tis="token_truncate"),
+    case("tis token_mask / vLLM IS token_mask", "token_mean", "dapo", 0.04, trl_args=NO_BC,
+         tis="token_mask", expect=False, note=MASK_NOTE),
+    case("tis token_mask / token_mask, TRL's kept weights set to 1", "token_mean", "dapo", 0.04,
+         trl_args=NO_BC, tis="token_mask", trl_kept_as_one=True),
+    case("tis sequence_truncate / vLLM IS sequence_truncate", "token_mean", "dapo", 0.04,
+         trl_args=NO_BC, tis="sequence_truncate"),
+    case("tis sequence_mask / vLLM IS sequence_mask", "token_mean", "dapo", 0.04,
+         trl_args=NO_BC, tis="sequence_mask", expect=False, note=MASK_NOTE),
+    case("tis sequence_mask / sequence_mask, TRL's kept weights set to 1", "grpo", "grpo", 0.04,
+         micro=2, trl_args=NO_BC, tis="sequence_mask", trl_kept_as_one=True),
+    case("tis token_truncate / vLLM IS token_truncate, on-policy", "grpo", "grpo", 0.04,
+         on_policy=True, trl_args=NO_BC, tis="token_truncate"),
+    case("GSPO + kl_ratio_weight + tis sequence_truncate", "grpo", "grpo", 0.04, micro=2,
+         trl_args=SEQ, ours_args=dict(SEQ, kl_ratio_weight=True), tis="sequence_truncate",
+         expect=False, note="TRL: KL x s_i; grpo: KL x r_t"),
 ]
 
 REWARD_CASES = ["group", "batch", "none"]
@@ -107,8 +163,9 @@ def make_inputs() -> dict:
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.25, 2.0, 2.0, 2.0, 2.0], dtype=torch.float64)
     advantages = torch.randn(N, generator=g, dtype=torch.float64)
     more_rewards = torch.randn(3 * G, generator=g, dtype=torch.float64)
+    sampler = old + (torch.rand(N, T, generator=g, dtype=torch.float64) - 0.5) * 0.8
     return dict(logprobs=logprobs, old=old, ref=ref, mask=mask, advantages=advantages,
-                rewards=torch.cat([rewards, more_rewards]))
+                rewards=torch.cat([rewards, more_rewards]), sampler=sampler)
 
 
 def case_mask(inputs: dict, empty_row: bool) -> torch.Tensor:
@@ -124,15 +181,20 @@ def grpo_side(inputs: dict, case: dict) -> tuple[float, torch.Tensor]:
     ours, beta, micro = case["ours"], case["beta"], case["micro"]
     mask = case_mask(inputs, case["empty_row"])
     old = None if case["on_policy"] else inputs["old"]
+    # On-policy the importance weights are pi / pi_sampler (old = logprobs.detach()).
+    sampler = inputs["sampler"] if case["tis"] else None
+    tis = dict(tis_cap=TIS_CAP, tis_mode=case["tis"]) if case["tis"] else {}
     leaf = inputs["logprobs"].clone().requires_grad_(True)
     # The engine's contract: the divisor of the whole step, passed to every micro-batch.
     normalizer = loss_normalizer(mask, ours, MAX_COMPLETION_LENGTH).double()
     total = 0.0
     for rows in torch.arange(N).chunk(micro):
         out = grpo_loss(leaf[rows], None if old is None else old[rows], inputs["ref"][rows],
-                        inputs["advantages"][rows], mask[rows], eps_low=EPS_LOW,
-                        eps_high=EPS_HIGH, beta=beta, loss_type=ours,
-                        max_completion_length=MAX_COMPLETION_LENGTH, normalizer=normalizer)
+                        inputs["advantages"][rows], mask[rows], eps_low=case["eps"][0],
+                        eps_high=case["eps"][1], beta=beta, loss_type=ours,
+                        max_completion_length=MAX_COMPLETION_LENGTH, normalizer=normalizer,
+                        sampler_logprobs=None if sampler is None else sampler[rows],
+                        **tis, **case["ours_args"])
         total = total + out.loss
     total.backward()
     return total.item(), leaf.grad
@@ -166,7 +228,7 @@ def main() -> int:
           f"torch {trl['versions']['torch']} (TRL side); grpo side torch {torch.__version__}")
     print(f"N={N} (2 prompts x G={G}), T={T}, float64, eps_low={EPS_LOW}, eps_high={EPS_HIGH}, "
           f"max_completion_length={MAX_COMPLETION_LENGTH}; old log-probs given "
-          f"(clipped tokens: {trl['clip_fraction']:.0%})\n")
+          f"(clipped tokens: {trl['clip_fraction']:.0%}); tis cap {TIS_CAP}\n")
     print("| pair (ours / TRL) | beta | micro-batches | our loss | TRL loss | abs diff "
           "| max abs grad diff | agree? | note |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -210,6 +272,50 @@ def main() -> int:
 
 # ---------------------------------------------------------------------------------------------
 # TRL side (benchmarks/.venv-trl); nothing from grpo is imported here.
+
+# The lines of GRPOTrainer._generate_and_score_completions that turn the sampler's log-probs into
+# vLLM importance-sampling ratios, checked against the source.
+TRL_IS_LINES = [
+    "per_token_logps_diff = (old_per_token_logps - sampling_per_token_logps) * mask",
+    "per_token_logps_diff = torch.nan_to_num(per_token_logps_diff, nan=0.0)",
+    "sequence_level_is = self.vllm_importance_sampling_mode in "
+    '["sequence_mask", "sequence_truncate"]',
+    "per_sequence_logps_diff = per_token_logps_diff.sum(dim=-1, keepdim=True)",
+    "vllm_importance_sampling_ratio = torch.exp(logps_diff)",
+    'if self.vllm_importance_sampling_mode in ["sequence_truncate", "token_truncate"]:',
+    "min=self.vllm_importance_sampling_clip_min,",
+    "invalid_mis_mask = (vllm_importance_sampling_ratio < min_val) | (",
+    "vllm_importance_sampling_ratio > max_val",
+    "invalid_mis_mask, value=0.0",
+    'output["importance_sampling_ratio"] = vllm_importance_sampling_ratio',
+]
+
+
+def trl_is_ratio(old_per_token_logps, sampling_per_token_logps, mask, mode, clip_max,
+                 clip_min=None):
+    import math
+
+    per_token_logps_diff = (old_per_token_logps - sampling_per_token_logps) * mask
+    per_token_logps_diff = torch.nan_to_num(per_token_logps_diff, nan=0.0)
+    sequence_level_is = mode in ["sequence_mask", "sequence_truncate"]
+    if sequence_level_is:
+        per_sequence_logps_diff = per_token_logps_diff.sum(dim=-1, keepdim=True)
+        logps_diff = per_sequence_logps_diff
+    else:
+        logps_diff = per_token_logps_diff
+    vllm_importance_sampling_ratio = torch.exp(logps_diff)
+    if mode in ["sequence_truncate", "token_truncate"]:
+        vllm_importance_sampling_ratio = torch.clamp(vllm_importance_sampling_ratio,
+                                                     min=clip_min, max=clip_max)
+    else:  # "sequence_mask", "token_mask"
+        min_val = clip_min if clip_min is not None else -math.inf
+        max_val = clip_max if clip_max is not None else math.inf
+        invalid_mis_mask = (vllm_importance_sampling_ratio < min_val) | (
+            vllm_importance_sampling_ratio > max_val)
+        vllm_importance_sampling_ratio = vllm_importance_sampling_ratio.masked_fill(
+            invalid_mis_mask, value=0.0)
+    return vllm_importance_sampling_ratio
+
 
 # The lines of GRPOTrainer._generate_and_score_completions that turn rewards into advantages
 # (multi_objective_aggregation="sum_then_normalize", the default), checked against the source.
@@ -258,6 +364,10 @@ def trl_worker(in_path: str, out_path: str) -> None:
     missing = [line for line in TRL_ADVANTAGE_LINES if line not in source]
     if missing:
         raise SystemExit(f"TRL's advantage code changed; re-transcribe trl_advantages: {missing}")
+    missing = [line for line in TRL_IS_LINES if line not in source]
+    if missing:
+        raise SystemExit(f"TRL's importance-sampling code changed; re-transcribe trl_is_ratio: "
+                         f"{missing}")
 
     with tempfile.TemporaryDirectory() as tmp:
         # A tiny random Llama with the packaged tokenizer: only the trainer's bookkeeping needs a
@@ -280,7 +390,8 @@ def trl_worker(in_path: str, out_path: str) -> None:
             micro = c["micro"]
             args = GRPOConfig(
                 output_dir=str(Path(tmp) / "out"), report_to="none", use_cpu=True, bf16=False,
-                loss_type=c["trl"], beta=c["beta"], epsilon=EPS_LOW, epsilon_high=EPS_HIGH,
+                loss_type=c["trl"], beta=c["beta"], epsilon=c["eps"][0],
+                epsilon_high=c["eps"][1],
                 num_generations=G, per_device_train_batch_size=N // micro,
                 gradient_accumulation_steps=micro, max_completion_length=MAX_COMPLETION_LENGTH,
                 gradient_checkpointing=False, **c["trl_args"])
@@ -289,6 +400,18 @@ def trl_worker(in_path: str, out_path: str) -> None:
             trainer.model.train()  # "train" mode: the accumulation-scaled branches
             trainer.current_gradient_accumulation_steps = micro  # as Trainer's loop sets it
             assert args.steps_per_generation == micro
+            old = inputs["old"]
+            is_ratio = None
+            if c["tis"]:
+                # TRL's vLLM path: old log-probs always computed (no grad; = logprobs on-policy),
+                # the ratios from them and the sampler's, and _compute_loss told to apply them.
+                old = inputs["logprobs"].clone() if c["on_policy"] else old
+                is_ratio = trl_is_ratio(old, inputs["sampler"], inputs["mask"], c["tis"], TIS_CAP)
+                if c["trl_kept_as_one"]:
+                    is_ratio = (is_ratio > 0).to(is_ratio.dtype)
+                trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
+            elif c["on_policy"]:
+                old = None  # TRL's on-policy path: old = per_token_logps.detach()
 
             leaf = inputs["logprobs"].clone().requires_grad_(True)
             rows_now = {}
@@ -310,11 +433,12 @@ def trl_worker(in_path: str, out_path: str) -> None:
                     "completion_ids": torch.ones(len(rows), T, dtype=torch.long),
                     "completion_mask": mask[rows],
                     "advantages": inputs["advantages"][rows],
-                    # None: TRL's on-policy path (old = per_token_logps.detach())
-                    "old_per_token_logps": None if c["on_policy"] else inputs["old"][rows],
+                    "old_per_token_logps": None if old is None else old[rows],
                     "ref_per_token_logps": inputs["ref"][rows],
                     "num_items_in_batch": mask.sum(),  # whole generation batch, one process
                 }
+                if is_ratio is not None:
+                    batch["importance_sampling_ratio"] = is_ratio[rows]
                 total = total + trainer.compute_loss(trainer.model, batch)
             total.backward()
             losses.append((total.item(), leaf.grad.clone()))

@@ -3,16 +3,20 @@
     .venv/bin/python benchmarks/math_reward_cost.py [--reference 1] [--passes 2]
 
 Each answer is scored alone, `<answer>…</answer>`-wrapped, against `--reference`, with the
-reward's caches cleared first, timed with `time.process_time` (this process's CPU, so other load on
-the machine does not count). The process is warmed once on ordinary answers first, as in training;
-pass 1 then meets every adversarial shape for the first time (ANTLR's prediction cache is cold for
-it), later passes see the same shapes again. Prints a table per category (max and median) and the
-slowest answers; the target is at most 0.2 s per completion.
+reward's caches cleared and a full garbage collection first (else the collection the process owes,
+~0.1 s here, lands on whichever answer triggers it), timed with `time.process_time` (this process's
+CPU, so other load on the machine does not count). The process is warmed once on ordinary answers
+first, as in training; pass 1 then meets every adversarial shape for the first time (ANTLR's
+prediction tables are cold for it), later passes see the same shapes again. "random shapes" are
+answers only the LaTeX grammar reads, in shapes the process has most likely not met. Prints a table
+per category (max and median) and the slowest answers; the target is at most 0.2 s per completion.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import random
 import statistics
 import time
 
@@ -52,11 +56,40 @@ ADVERSARIAL = {
     "latex shapes": ["x_{1}^{2} + x_{2}^{2}", "|x|^{|y|}", "\\text{a}_{b}^{c}!", "(((i)))",
                      "\\cos(\\tan(\\log(x!)))", "x_{3}^{x_{4}}", "\\{[1, 2), (x, y]\\}",
                      "(1, (2, (3, (4))))", "\\{0^{9^{9^{9}}}, 1\\}", "|(9^{9})!|",
-                     "\\left( \\frac{\\sqrt{3}}{2}, \\frac{1}{2} \\right)", "1 < x \\le 3"],
+                     "\\left( \\frac{\\sqrt{3}}{2}, \\frac{1}{2} \\right)", "1 < x \\le 3",
+                     "(\\sin(2^{|2|}), \\{(-i, x_{k}^{a_n}), x^{3 \\cdot x}\\})", "((4)!, x^{3})",
+                     "\\frac{\\arcsin(\\pi)}{x^{x_{2}^{\\pi}}}", "x_{n}^{|x_{1}|}",
+                     "\\{2^{x_{1}}, (3)!\\}"],
     "irrational": [" + ".join(f"\\sqrt{{{k}}}" for k in range(2, 30)),
                    "\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{2}}}}}}", "\\pi^{\\pi^{\\pi}}",
                    "\\sin(10^{300})", "\\frac{\\sqrt{2}+\\sqrt{3}}{\\sqrt{5}-\\sqrt{7}}"],
 }
+
+
+def random_shapes(count: int, seed: int = 0) -> list[str]:
+    """Functions, |x| and n! around random terms: shapes only the LaTeX grammar reads."""
+    rng = random.Random(seed)
+
+    def term(depth: int) -> str:
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(["2", "10", "x", "y_{1}", "a_n", "e", "i", "\\pi", "\\infty"])
+        a, b = term(depth - 1), term(depth - 1)
+        return rng.choice([f"({a}, {b})", f"\\{{{a}, {b}\\}}", f"\\frac{{{a}}}{{{b}}}",
+                           f"{a}^{{{b}}}", f"{a} \\cdot {b}", f"{a} + {b}", f"\\sqrt{{{a}}}",
+                           wrap(a)])
+
+    def wrap(text: str) -> str:
+        function = rng.choice(["sin", "cos", "tan", "log", "ln", "exp", "arcsin"])
+        return rng.choice([f"\\{function}({text})", f"|{text}|", f"({text})!"])
+
+    shapes = set()
+    while len(shapes) < count:
+        if len(text := wrap(term(rng.randint(1, 3)))) <= 100:
+            shapes.add(text)
+    return sorted(shapes)
+
+
+ADVERSARIAL["random shapes"] = random_shapes(60)
 ORDINARY = ["12", "\\frac{1}{2}", "3**2", "2^{10}", "(1, 2)", "\\{1, 2\\}", "x = 3", "2x+1",
             "\\sqrt{2}", "5!", "\\sin(\\pi/6)", "[0, 1)", "1,000", "50\\%", "\\boxed{7}"]
 
@@ -68,6 +101,7 @@ def measure(answers: list[str], reference: str) -> list[float]:
     for text in answers:
         _read.cache_clear()
         _read_reference.cache_clear()
+        gc.collect()
         start = time.process_time()
         reward = math_reward([f"<answer>{text}</answer>"], [reference])
         seconds.append(time.process_time() - start)
@@ -81,6 +115,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args()
     measure(ORDINARY, args.reference)  # imports, and the caches a training run has warm
+    measure(["x^2+2x+1"], "(x+1)^2")  # sympy's first simplify imports sympy.physics: 0.25 s
     every = []
     for run in range(1, args.passes + 1):
         print(f"\npass {run}: CPU seconds per completion, reference {args.reference!r}")

@@ -15,7 +15,7 @@ easy puzzles (2-3 numbers in 1..10), 128-token completions at temperature 0.7, n
 (beta = 0 loads no reference model), lr 3e-5, and a dense partial-format reward beside Mini-R1's
 two, because the base model almost never writes the whole format and GRPO cannot learn from
 groups that all score 0. On 2 cores the format is learned in ~15 steps and the 30 steps take
-~20 minutes (benchmarks/RESULTS.md). Everything below is the library's public API: replace any
+7 to 20 minutes, by CPU (benchmarks/RESULTS.md). Everything below is the library's public API: replace any
 piece with your own.
 """
 
@@ -62,7 +62,9 @@ def main(argv: list[str]) -> None:
     available = {"format": format_reward, "partial_format": partial_format_reward,
                  "countdown": countdown_reward}
     if unknown := sorted(set(config.rewards) - set(available)):
-        raise SystemExit(f"rewards {unknown} do not apply to Countdown; use {sorted(available)}")
+        print(f"error: rewards {unknown} do not apply to Countdown; use {sorted(available)}",
+              file=sys.stderr)
+        raise SystemExit(2)
     rewards = RewardSet([available[name] for name in config.rewards], weights=config.reward_weights)
 
     # 5. The trainer (engine.train_step) and the sampler (vLLM) hold a copy of the policy each;

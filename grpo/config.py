@@ -20,7 +20,7 @@ from pathlib import Path
 from grpo.advantages import Scale
 from grpo.engine.settings import (Offload, Schedule, StepSettings, ZeroSettings, ZeroStage, check,
                                   check_choice)
-from grpo.loss import LossType
+from grpo.loss import ImportanceSamplingLevel, KLEstimator, LossType, TISMode
 from grpo.rewards import NAMED_REWARDS
 
 EngineName = Literal["torch", "deepspeed"]
@@ -88,7 +88,7 @@ class GRPOConfig:
     loss_type: LossType = "grpo"
     """"grpo" (DeepSeekMath), "token_mean" (DAPO) or "dr_grpo" (Dr. GRPO)."""
     beta: float = 0.04
-    """KL penalty weight (k3 to the frozen reference); 0 loads no reference model."""
+    """KL penalty weight (kl_estimator to the frozen reference); 0 loads no reference model."""
     eps_low: float = 0.2
     """Lower clip range of the ratio."""
     eps_high: float | None = None
@@ -99,9 +99,28 @@ class GRPOConfig:
     """Leave completions cut by max_completion_length out of the loss (DAPO's overlong filter)."""
     tis_cap: float | None = None
     """Truncated importance sampling (TRL's vllm_importance_sampling_correction / _cap): weight
-    each token's surrogate by min(pi_policy / pi_sampler, tis_cap), correcting for a sampler that
-    computes in another precision (bf16 vLLM under an fp32 trainer, or vLLM's bf16 kernels under a
-    bf16 trainer). None: off. TRL uses 2-3; an exact sampler (fp32 here) gives weights of 1."""
+    each token's surrogate by min(pi_policy / pi_sampler, tis_cap) (or as tis_mode says),
+    correcting for a sampler that computes in another precision (bf16 vLLM under an fp32
+    trainer, or vLLM's bf16 kernels under a bf16 trainer). None: off. TRL uses 2-3; an exact
+    sampler (fp32 here) gives weights of 1."""
+    tis_mode: TISMode = "token_truncate"
+    """With tis_cap C, the weight from w = pi_policy / pi_sampler: per token, min(w, C)
+    ("token_truncate", TIS in Yao et al. 2025) or 1 if w <= C else 0 ("token_mask"); per
+    completion, with rho = the product of its tokens' w, min(rho, C) ("sequence_truncate") or 1 if
+    rho <= C else 0 ("sequence_mask"; masking: Liu, Li et al. 2025, "When Speed Kills
+    Stability"). TRL's vllm_importance_sampling_mode, whose *_mask modes keep weight w, not 1."""
+    importance_sampling_level: ImportanceSamplingLevel = "token"
+    """"token": one ratio pi / pi_old per token (PPO, DeepSeekMath); "sequence": GSPO (Zheng et
+    al. 2025), one ratio per completion, exp of the mean of its tokens' log-ratios, clipped as a
+    whole; GSPO clips it at eps_low 3e-4, eps_high 4e-4. TRL's importance_sampling_level."""
+    kl_estimator: KLEstimator = "k3"
+    """KL penalty estimator, d = log pi_ref - log pi (Schulman's "Approximating KL divergence"):
+    "k3" e^d - d - 1, "k1" -d, "k2" d^2 / 2, "k3_plus" k3's value with k2's gradient (verl's
+    "k3+")."""
+    kl_ratio_weight: bool = False
+    """Multiply each token's KL term by the ratio pi / pi_old, with its gradient (TRL's
+    use_bias_correction_kl, its default; DeepSeek-V3.2): the KL of pi estimated on pi_old's
+    samples, whose k3 gradient is then unbiased for KL(pi || ref)'s."""
 
     # --- optimisation ---
     per_device_train_batch_size: int = 8

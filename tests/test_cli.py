@@ -132,6 +132,15 @@ BAD = [  # (command line, recipe or None, what the error line says)
     (["--top_p", "1.5"], None, "top_p must be in (0, 1], got 1.5"),
     (["--beta", "-0.5"], None, "beta must be >= 0, got -0.5"),  # -0.5 is a value, not an option
     (["--loss_type", "ppo"], None, "loss_type must be one of ('grpo', 'token_mean', 'dr_grpo')"),
+    (["--kl_estimator", "k4"], None,
+     "kl_estimator must be one of ('k3', 'k1', 'k2', 'k3_plus'), got 'k4'"),
+    (["--importance_sampling_level", "seq"], None,
+     "importance_sampling_level must be one of ('token', 'sequence'), got 'seq'"),
+    (["--tis_mode", "mask", "--tis_cap", "2"], None, "tis_mode must be one of ('token_truncate', "
+     "'token_mask', 'sequence_truncate', 'sequence_mask'), got 'mask'"),
+    (["--tis_mode", "sequence_mask"], None,
+     "tis_mode='sequence_mask' needs tis_cap (None: no importance weights)"),
+    (["--kl_ratio_weight", "maybe"], None, "kl_ratio_weight must be bool, got 'maybe'"),
     (["--zero_stage", "1"], None, "zero_stage must be one of (2, 3), got 1"),
     (["--rewards", "format", "fromat"], None, "unknown reward 'fromat'"),
     (["--num_generations", "3", "--per_device_train_batch_size", "4"], None,
@@ -227,6 +236,9 @@ def test_none_and_null_mean_none_for_optional_fields(tmp_path):
     (["--learning_rate", "1e-6"], "learning_rate", 1e-6),
     (["--beta", "0"], "beta", 0.0),
     (["--zero_stage", "2"], "zero_stage", 2),
+    (["--kl_estimator", "k3_plus"], "kl_estimator", "k3_plus"),
+    (["--importance_sampling_level=sequence"], "importance_sampling_level", "sequence"),
+    (["--kl_ratio_weight"], "kl_ratio_weight", True),
     (["--model", "yes"], "model", "yes"),  # a str field takes the word as written
     (["--output_dir", "runs/2024-01-01"], "output_dir", "runs/2024-01-01"),
     (["--model", "0123"], "model", "0123"),

@@ -238,6 +238,56 @@ def test_truncated_importance_sampling_is_the_weighted_loss_in_any_micro_batch_s
     assert 0 < metrics["tis_capped"] < 1
 
 
+def test_loss_variants_reach_the_loss_in_any_micro_batch_split(tiny_model):
+    """GSPO, k3_plus, kl_ratio_weight and sequence-level truncated importance sampling, set in
+    StepSettings: the engine's gradient is grpo_loss's on the whole batch with the same keywords,
+    however the batch is split (micro-batches are whole rows, so each completion's ratio and
+    weight are its own)."""
+    from grpo.loss import grpo_loss
+
+    variants = dict(importance_sampling_level="sequence", kl_estimator="k3_plus",
+                    kl_ratio_weight=True, tis_cap=2.0, tis_mode="sequence_truncate")
+    rollouts, advantages = _batch()
+    engine = _engine(tiny_model, beta=0.1, **variants)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a reference away from the policy, so the KL term has a gradient
+        for p in engine.reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        policy = engine.policy_logprobs(rollouts)
+    mask = rollouts.completion_mask.bool()
+    shift = torch.linspace(-0.4, 0.4, mask.numel()).view_as(policy)  # some rows' rho pass 2
+    rollouts.sampler_logprobs = torch.where(mask, policy - shift, torch.zeros(()))
+    lp, _ = sequence_logprobs(engine.model, rollouts.input_ids, rollouts.attention_mask,
+                              rollouts.completion_mask, 1.0, 1024)
+    ref = engine.ref_logprobs(rollouts)
+    params = dict(engine.model.named_parameters())
+    expected, plain = ({n: g for n, g in zip(params, torch.autograd.grad(
+        grpo_loss(lp, None, ref, advantages, rollouts.completion_mask, beta=0.1,
+                  max_completion_length=6, **kw).loss, list(params.values()), retain_graph=True))}
+        for kw in (dict(variants, sampler_logprobs=rollouts.sampler_logprobs), {}))
+    for micro in (None, 3):
+        got = _grads(_with(engine, micro_batch_size=micro), rollouts, advantages)
+        for name in expected:
+            assert_close(got[name], expected[name], rtol=1e-5,
+                         atol=1e-6 * expected[name].abs().max())
+    assert any(not torch.allclose(plain[n], expected[n]) for n in expected)  # variants mattered
+
+
+def test_loss_variants_on_the_command_line_reach_the_step_settings_and_the_loss():
+    from grpo.config import GRPOConfig
+
+    chosen = dict(importance_sampling_level="sequence", kl_estimator="k2", kl_ratio_weight=True,
+                  tis_cap=2.0, tis_mode="sequence_mask", eps_low=3e-4, eps_high=4e-4)
+    config = GRPOConfig.from_args([f"--{k}={str(v).lower()}" for k, v in chosen.items()])
+    settings = config.step_settings()
+    loss = settings.loss()
+    for name, value in chosen.items():
+        assert getattr(config, name) == getattr(settings, name) == getattr(loss, name) == value
+    default = GRPOConfig().step_settings().loss()
+    assert (default.importance_sampling_level, default.kl_estimator, default.kl_ratio_weight,
+            default.tis_mode) == ("token", "k3", False, "token_truncate")
+
+
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model):
     rollouts, advantages = _batch()
     plain = _grads(_engine(tiny_model), rollouts, advantages)
@@ -301,6 +351,9 @@ def test_micro_batch_slices():
     (dict(loss_type="mean"), "loss_type"),
     (dict(temperature=0.0), "temperature"),
     (dict(tis_cap=0.9), "tis_cap"),
+    (dict(importance_sampling_level="sentence"), "importance_sampling_level"),
+    (dict(kl_estimator="k4"), "kl_estimator"),
+    (dict(tis_mode="sequence_mask"), "tis_mode='sequence_mask' needs tis_cap"),
 ])
 def test_bad_step_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -10,6 +10,7 @@ benchmarks/math_reward_cost.py; here adversarial answers must only score right.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from fractions import Fraction
@@ -19,13 +20,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpo.rewards import math_answer, math_reward
-from grpo.rewards.math_answer import MAX_BITS, is_math_equal
+from grpo.rewards.math_answer import MAX_BITS, _Reader, is_math_equal
 
 ATOM, POWER, UNARY, PRODUCT, SUM = 5, 4, 3, 2, 1  # precedence of what a rendering is
 
 
 def answer(text: str) -> str:
     return f"Let me solve this step by step.\n<think> ... </think>\n<answer>{text}</answer>"
+
+
+@pytest.fixture
+def unhurried_grammar(monkeypatch):
+    """What is equal, cost apart: the first time a process meets a shape, the LaTeX grammar may run
+    out of MAX_GRAMMAR_SECONDS and score 0.0 (test_grammar_budget_scores_zero_now_...)."""
+    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_SECONDS", math.inf)
 
 
 # --- the differential test ---------------------------------------------------------------------
@@ -161,6 +169,7 @@ def test_differential_three_styles():
     differential(seed=0, count=3000)
 
 
+@pytest.mark.usefixtures("unhurried_grammar")
 def test_reader_agrees_with_the_latex_grammar(monkeypatch):
     # the fast path against the naive one: LaTeX-style expressions read by math-verify's grammar
     # (which the reader spares them) must score the same
@@ -180,6 +189,39 @@ def test_reader_agrees_with_the_latex_grammar(monkeypatch):
     finally:
         math_answer._read.cache_clear()
     assert len(completions) > 100 and rewards == [1.0] * len(completions)
+
+
+@pytest.mark.parametrize("text", [
+    "x_{1}", "x_1", "X_{1}", "x_{12}", "x_12", "a_{n}", "x_{ab}", "x_{1}x_{2}", "2x_1 + x_{2}^{2}",
+    "(1, 2)", "(2, 1)", "[1, 1]", "(2, 1]", "[1, 2)", "(x, y)", "(-\\infty, 2]", "(\\infty, 1)",
+    "(1, 2, 3)", "[1, 2, 3]", "1, 2", "{1, 2}", "\\{1\\}", "\\{2, 1, 2\\}", "\\{\\{1, 2\\}\\}",
+    "(1, (2, (3, (4))))", "\\{(1, 2), (3, 4)\\}", "\\{[1, 2), (x, y]\\}", "\\{1, 2\\}, 3",
+    "( \\frac{\\sqrt{3}}{2}, \\frac{1}{2} )", "(x_{1}, x_{2})",
+])
+def test_reader_reads_subscripts_and_lists_as_the_latex_grammar(text):
+    # the fast path against the naive one: latex2sympy in its default (LL) mode, which reads the
+    # subscripts that SLL mode cannot, evaluated as _read evaluates it; the same variable names
+    # and the same Interval, Tuple and FiniteSet
+    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
+
+    assert _Reader(text).read() == _Latex2Sympy(is_real=True).parse(text).doit()
+
+
+def test_grammar_budget_scores_zero_now_and_is_not_cached(monkeypatch):
+    # a fresh process's ANTLR prediction tables (shared by all parsers, filled as shapes are met)
+    from antlr4.dfa.DFA import DFA
+    from latex2sympy2_extended.gen.antlr4_13_2.PSParser import PSParser
+
+    cold = [DFA(state, i) for i, state in enumerate(PSParser.atn.decisionToState)]
+    monkeypatch.setattr(PSParser, "decisionsToDFA", cold)
+    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_SECONDS", 0.0)  # no time to build any table
+    math_answer._read.cache_clear()
+    math_answer._read_reference.cache_clear()
+    # the reference is read without the budget; the answer, a shape not met yet, runs out of it
+    assert math_reward([answer("1/2"), answer("\\cos(\\pi/3)")],
+                       answer=["\\sin(\\pi/6)", "1/2"]) == [1.0, 0.0]
+    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_SECONDS", math.inf)
+    assert math_reward([answer("\\cos(\\pi/3)")], answer=["1/2"]) == [1.0]  # not cached as 0.0
 
 
 @pytest.mark.slow
@@ -220,9 +262,21 @@ def test_differential_three_styles_large():
     ("\\boxed{12}", "12", 1.0), ("so $\\boxed{12}$", "12", 1.0),
     ("\\boxed{1}, \\boxed{2}", "2", 1.0),
     ("\\boxed{12", "12", 0.0),
-    # sets, intervals, tuples
-    ("{1, 2}", "\\{2, 1\\}", 1.0), ("\\{1, 2\\}", "\\{1, 2, 3\\}", 0.0), ("[1, 2)", "[1, 2)", 1.0),
+    # sets, intervals, tuples: a tuple is ordered, a set is not
+    ("{1, 2}", "\\{2, 1\\}", 1.0), ("\\{1, 2\\}", "\\{1, 2, 3\\}", 0.0),
+    ("3, 1, 2", "\\{1, 2, 3\\}", 1.0), ("\\{2, 1\\}", "(1, 2, 3)", 0.0), ("[1, 2)", "[1, 2)", 1.0),
     ("(1, 2)", "[1, 2]", 0.0), ("(-\\infty, 2]", "(-\\infty, 2]", 1.0),
+    ("[1, \\infty)", "(1, \\infty)", 0.0), ("(1, 2, 3)", "(1, 2, 3)", 1.0),
+    ("(3, 2, 1)", "(1, 2, 3)", 0.0), ("(2, 1)", "(2, 1)", 1.0), ("(2, 1)", "(1, 2)", 0.0),
+    ("\\left( \\frac{\\sqrt{3}}{2}, \\frac{1}{2} \\right)", "(\\frac{\\sqrt3}{2}, 0.5)", 1.0),
+    ("(\\frac{1}{2}, \\frac{\\sqrt{3}}{2})", "(\\frac{\\sqrt3}{2}, 0.5)", 0.0),
+    ("(1, (2, 3))", "(1, (2, 3))", 1.0), ("(1, (2, 3))", "(1, 2, 3)", 0.0),
+    ("1,000,000", "10^6", 1.0),
+    # subscripts: one variable, named as latex2sympy names it
+    ("x_{1}^{2} + x_{2}^{2}", "x_2^2 + x_1^2", 1.0), ("x_1", "x_{1}", 1.0), ("x_{12}", "x_12", 1.0),
+    ("x_{1}", "x_{2}", 0.0), ("x_1", "x", 0.0), ("x_1 = 3", "3", 1.0),
+    ("2x_1", "x_{1} + x_{1}", 1.0), ("(x_1, x_2)", "(x_{1}, x_{2})", 1.0),
+    ("(x_2, x_1)", "(x_{1}, x_{2})", 0.0),
     # exact numbers: decimals are the numbers they write
     ("0.5", "1/2", 1.0), ("\\frac{1}{2}", "0.5", 1.0), ("0.333", "\\frac13", 0.0),
     ("1.414", "\\sqrt2", 0.0), ("$\\frac{\\sqrt{2}}{2}$", "\\frac{1}{\\sqrt{2}}", 1.0),
@@ -231,6 +285,7 @@ def test_differential_three_styles_large():
     ("x^2+2x+1", "(x+1)^2", 1.0), ("x^2+1", "(x+1)^2", 0.0), ("2y+1", "2x+1", 0.0),
     ("2^{x}", "2^x", 1.0), ("2**3**x", "2^{3^x}", 1.0),
 ])
+@pytest.mark.usefixtures("unhurried_grammar")
 def test_math_reward_hand_cases(text, reference, expected):
     assert math_reward([answer(text)], answer=[reference]) == [expected]
 
@@ -274,6 +329,8 @@ ADVERSARIAL = [
     "\\Gamma(100000)", "The answer is 1 " * 17, "i" * 300, "\\\\" * 150, "^" * 300, "\\frac" * 60,
     "٣" * 100, "1/0", "0^{-1}", "1e999999", "x = " * 70, "(x+1)^{200}", "0^{9^{9^{9}}}",
     "\\{0^{9^{9^{9}}}, 1\\}", "|0^{9^{9^{9}}}|", "|(9^{9})!|", "\\{1^{(9^{9})!}\\}",
+    "x_{1}^{2} + x_{2}^{2}", "(1, (2, (3, (4))))", "\\text{a}_{b}^{c}!", "\\cos(\\tan(\\log(x!)))",
+    ", ".join(str(k) for k in range(100)),
 ]
 
 
@@ -286,6 +343,7 @@ def test_adversarial_answers_score_zero(text):
     ("2^{10000}", "2^{10000}"), ("3**2**3", "6561"), ("1000!", "1000!"), ("5!", "120"),
     ("(10^{30})^{10}", "10^{300}"), ("9" * 40, "9" * 40), ("-" * 10 + "1", "1"),
 ])
+@pytest.mark.usefixtures("unhurried_grammar")
 def test_large_but_bounded_answers_score_right(text, reference):
     assert math_reward([answer(text)], answer=[reference]) == [1.0]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from grpo.loss import GRPOLoss, LossType
+from grpo.loss import GRPOLoss, ImportanceSamplingLevel, KLEstimator, LossType, TISMode
 
 Schedule = Literal["constant", "cosine"]
 Offload = Literal["none", "cpu", "nvme"]
@@ -45,6 +45,10 @@ class StepSettings:
     eps_high: float | None = None  # None: eps_low
     max_completion_length: int | None = None  # Dr. GRPO's divisor (None: the batch's T)
     tis_cap: float | None = None  # truncated importance sampling cap; None: off
+    tis_mode: TISMode = "token_truncate"  # per token or per completion, truncate or mask
+    importance_sampling_level: ImportanceSamplingLevel = "token"  # "sequence": GSPO
+    kl_estimator: KLEstimator = "k3"
+    kl_ratio_weight: bool = False  # the KL term times pi / pi_old (TRL's use_bias_correction_kl)
     temperature: float = 1.0  # the sampler's: log-probs are of logits / temperature
     # the update
     learning_rate: float = 1e-6
@@ -86,7 +90,9 @@ class StepSettings:
     def loss(self) -> GRPOLoss:
         return GRPOLoss(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
                         loss_type=self.loss_type, max_completion_length=self.max_completion_length,
-                        tis_cap=self.tis_cap)
+                        tis_cap=self.tis_cap, tis_mode=self.tis_mode,
+                        importance_sampling_level=self.importance_sampling_level,
+                        kl_estimator=self.kl_estimator, kl_ratio_weight=self.kl_ratio_weight)
 
     def learning_rate_at(self, step: int) -> float:
         """The learning rate of step number `step` (0-based): linear warmup over

@@ -16,20 +16,27 @@ of the text, which gives `2**5` the credit of 2):
   (`y = 2x + 1`) is compared whole.
 * `_Reader` reads arithmetic and algebra in plain text as people and models write it (`**` and
   `^` are powers, right-associative: `3**2**2` is 81; `2*x`, `1/2`, `sqrt(2)`, `pi`, `2(3)` is 6)
-  and in LaTeX (`\frac`, `^{}`, `\cdot`; `2\frac{1}{2}` is the mixed number 5/2). The rest
-  (sets, intervals, functions, relations) is read by math-verify's LaTeX grammar, which ends at
-  end-of-input. Text either parser would have to skip gives 0.0, as do digits apart (`1 000`,
-  `2 3`) and LaTeX commands outside `_COMMANDS`.
+  and in LaTeX (`\frac`, `^{}`, `\cdot`; `2\frac{1}{2}` is the mixed number 5/2; `x_{1}` and
+  `x_1` are one variable), and lists as latex2sympy reads them: `1, 2` and `\{1, 2\}` are sets,
+  `(1, 2]` an interval, `(2, 1)` and `(1, 2, 3)` tuples. The rest (functions, relations, `\cup`,
+  `|x|`, `n!`) is read by math-verify's LaTeX grammar, which ends at end-of-input. Text either
+  parser would have to skip gives 0.0, as do digits apart (`1 000`, `2 3`) and LaTeX commands
+  outside `_COMMANDS`.
 * Numbers are exact, decimals included: rationals are equal only when equal (`0.5` equals `1/2`;
   `0.333` is not `1/3`, `1.414` is not `\sqrt{2}`). Other values go to math-verify's `verify`
   (`\sqrt{2}/2` equals `1/\sqrt{2}`, `{1, 2}` equals `\{2, 1\}`, intervals, `x^2+2x+1` equals
   `(x+1)^2`) unless they differ numerically or the answer has a variable the reference lacks.
 
 Cost is bounded without signals (math-verify's `signal.alarm` works only in the main thread):
-`MAX_ANSWER_CHARS`, `MAX_DEPTH` and `MAX_DIGITS` before parsing; 0.0 for a power or factorial
+`MAX_ANSWER_CHARS`, `MAX_DEPTH` and `MAX_DIGITS` before parsing, `MAX_LATEX_CHARS` for lists
+(math-verify compares sets slowly) and for what the grammar reads; 0.0 for a power or factorial
 whose exact value could exceed `MAX_BITS` bits (towers, `10^{10^{10}}`, `10000!`), and for
-integrals, sums, products, limits and derivatives. The LaTeX grammar (ANTLR, in SLL mode) costs
-about a millisecond a token, hence `MAX_LATEX_CHARS` and `_Reader` for what it can read.
+integrals, sums, products, limits and derivatives. The grammar (ANTLR, in SLL mode) costs about a
+millisecond a token on shapes the process has met, but builds prediction tables the first time it
+meets one, at 5-50 ms a table state. `MAX_GRAMMAR_SECONDS` (off: inf) can bound that per answer
+in its thread's CPU: past it the answer scores 0.0, uncached; a right answer may then score 0.0 the
+first time its shape is met, and the score depends on the machine's speed and on what the process
+met before, so it is off by default (scores stay reproducible). References are never bounded.
 CPU per answer: benchmarks/math_reward_cost.py.
 """
 
@@ -39,11 +46,13 @@ import functools
 import math
 import re
 import threading
+import time
 
 from grpo.rewards.tags import ANSWER_CLOSE, ANSWER_OPEN, _check_completions, extract_answer
 
 MAX_ANSWER_CHARS = 300
 MAX_LATEX_CHARS = 100
+MAX_GRAMMAR_SECONDS = math.inf  # e.g. 0.05: every answer under 0.2 s, some first-sight misses
 MAX_DEPTH = 6
 MAX_DIGITS = 40
 MAX_BITS = 1 << 15
@@ -67,11 +76,13 @@ _LONE_NAME = re.compile(r"\s*(?:[A-Za-z]\w*|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:\([A-Z
 _SHORTHANDS = ((re.compile(r"\\frac\s*(\w)\s*(\w)"), r"\\frac{\1}{\2}"),  # \frac12, \sqrt2
                (re.compile(r"\\sqrt\s*(\w)"), r"\\sqrt{\1}"))
 _JUXTAPOSED = re.compile(r"(?<=[\d)])\s*(?=[({])|(?<=\))\s*(?=\d|\\frac)")
-_TOKEN = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+|\*\*|\\[A-Za-z]+|sqrt|pi(?![A-Za-z])|\S")
+_TOKEN = re.compile(r"(?![eEiI])[A-Za-z]_(?:\{\s*[A-Za-z0-9]+\s*\}|[0-9]+(?![.0-9])|[A-Za-z])"
+                    r"|[0-9]+\.?[0-9]*|\.[0-9]+|\*\*|\\[A-Za-z]+|\\[{}]|sqrt|pi(?![A-Za-z])|\S")
 _SYNONYMS = {"**": "^", "\\cdot": "*", "\\times": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/",
              "−": "-", "sqrt": "\\sqrt", "pi": "\\pi", "π": "\\pi"}
-_READER_TOKENS = frozenset("+-*/^()[]{}") | {"\\frac", "\\sqrt", "\\pi"}
+_READER_TOKENS = frozenset({*"+-*/^()[]{},", "\\frac", "\\sqrt", "\\pi", "\\infty", "\\{", "\\}"})
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
+_BRACKETS = {**_CLOSERS, "\\{": "\\}"}
 
 
 def graded_text(message: str) -> str | None:
@@ -115,20 +126,24 @@ def _too_costly_to_parse(text: str) -> bool:
         depth += (char in "({[") - (char in ")}]")
         if depth > MAX_DEPTH:
             return True
-    return (any(len(digits) > MAX_DIGITS for digits in re.findall(r"\d+", text))
+    return ("," in text and len(text) > MAX_LATEX_CHARS  # a long list: verify's set algebra
+            or any(len(digits) > MAX_DIGITS for digits in re.findall(r"\d+", text))
             or any(name not in _COMMANDS for name in re.findall(r"\\([A-Za-z]+)", text))
             or re.search(r"\d\s+\.?\d|\.\d*\.", text) is not None)  # 1 000, 2 3, 1.2.3
 
 
 class _Outside(Exception):
-    """The text uses more than `_Reader` reads (a set, a function, a relation …)."""
+    """The text uses more than `_Reader` reads (a function, a relation, `|x|` …)."""
 
 
 class _Reader:
     """Recursive descent over numbers, variables, `+ - * / ^` (`**`), brackets, `\\frac`, `\\sqrt`,
-    `\\pi` and juxtaposition, to exact sympy values. Raises _Outside on anything else, ValueError
-    on a division by zero or a power too large to compute (`_power`).
+    `\\pi`, `\\infty`, juxtaposition and lists, to exact sympy values as latex2sympy builds them.
+    Raises _Outside on anything else, ValueError on a division by zero or a power too large to
+    compute (`_power`).
 
+    items := element (',' element)*      element := collection | expr
+    collection := ('(' | '[' | '{' | '\\{') items (')' | ']' | '}' | '\\}'), when it holds a comma
     expr := product (('+'|'-') product)*    product := signed (('*'|'/')? signed)*
     signed := ('+'|'-') signed | atom ('^' signed)?
     """
@@ -136,15 +151,17 @@ class _Reader:
     def __init__(self, text: str):
         self.tokens, self.i = [_SYNONYMS.get(token, token) for token in _TOKEN.findall(text)], 0
         for token in self.tokens:
-            if not (token in _READER_TOKENS or token[0] in "0123456789."
+            if not (token in _READER_TOKENS or token[0] in "0123456789." or "_" in token[1:]
                     or (len(token) == 1 and token.isalpha() and token not in "iI")):
                 raise _Outside(token)
 
     def read(self):
-        value = self.expr()
+        from latex2sympy2_extended.sets import FiniteSet  # keeps the written order, as verify needs
+
+        items = self.items()
         if self.peek() is not None:
             raise _Outside(self.peek())
-        return value
+        return items[0] if len(items) == 1 else FiniteSet(*items)
 
     def peek(self) -> str | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -156,18 +173,58 @@ class _Reader:
         self.i += 1
         return token
 
+    def items(self) -> list:
+        items = []
+        while not items or (self.peek() == "," and self.take()):
+            items.append(self.collection() if self.opens_list() else self.expr())
+        return items
+
+    def opens_list(self) -> bool:
+        """Whether the next token opens a set, or a bracket holding a comma at its own level."""
+        depth = 0
+        for token in self.tokens[self.i:]:
+            depth += (token in _BRACKETS) - (token in _BRACKETS.values())
+            if depth == 0 or (depth == 1 and token in (",", "\\{")):  # \{: 1st token
+                return depth == 1
+        return False
+
+    def collection(self):
+        """As latex2sympy's `convert_interval`, `convert_ordered_tuple`, `convert_finite_set`."""
+        import sympy
+        from latex2sympy2_extended.sets import FiniteSet
+
+        opener, items, closer = self.take(), self.items(), self.take()
+        if opener in ("{", "\\{") and closer == _BRACKETS[opener]:
+            return FiniteSet(*items)
+        if opener not in ("(", "[") or closer not in (")", "]"):
+            raise _Outside(closer)
+        if len(items) != 2 or not all(isinstance(item, sympy.Expr) for item in items):
+            return sympy.Tuple(*items)
+        (left, right), left_open, right_open = items, opener == "(", closer == ")"
+        try:  # what would be an empty interval is a pair
+            if (left_open and right_open and right <= left
+                    or not left_open and not right_open and right < left):
+                return sympy.Tuple(left, right)
+        except TypeError:  # a comparison with a variable has no truth value
+            pass
+        return sympy.Interval(left, right, left_open, right_open)
+
     def expr(self):
-        value = self.product()
+        import sympy
+
+        terms = [self.product()]
         while self.peek() in ("+", "-"):
-            value = value + self.product() if self.take() == "+" else value - self.product()
-        return value
+            terms.append(self.product() if self.take() == "+" else -self.product())
+        return sympy.Add(*terms)  # all at once: one term at a time is quadratic
 
     def product(self):
-        value = self.signed()
-        while self.peek() not in (None, "+", "-", ")", "]", "}"):
+        import sympy
+
+        factors = [self.signed()]
+        while self.peek() not in (None, "+", "-", ",", *_BRACKETS.values()):
             operator = self.take() if self.peek() in ("*", "/") else "*"
-            value = value * self.signed() if operator == "*" else _divide(value, self.signed())
-        return value
+            factors.append(self.signed() if operator == "*" else _divide(1, self.signed()))
+        return sympy.Mul(*factors)
 
     def signed(self):
         if self.peek() in ("+", "-"):
@@ -196,8 +253,13 @@ class _Reader:
                 part = self.atom()
                 return number + part if part.is_Rational and part > 0 else number * part
             return number
-        if token in ("\\pi", "e"):
-            return sympy.pi if token == "\\pi" else sympy.E
+        if token in ("\\pi", "\\infty", "e"):
+            return {"\\pi": sympy.pi, "\\infty": sympy.oo, "e": sympy.E}[token]
+        if "_" in token[1:]:  # x_1 and x_{1} are x_1, x_{12} is x_{12}, as latex2sympy names them
+            base, index = token.split("_")
+            index = index.strip("{ }")
+            return sympy.Symbol(f"{base}_{index if len(index) == 1 else '{' + index + '}'}".lower(),
+                                real=True)
         if token.isalpha():
             return sympy.Symbol(token.lower(), real=True)  # as latex2sympy names variables
         raise _Outside(token)
@@ -251,11 +313,13 @@ def _bits(expr) -> float:
 
 
 @functools.lru_cache(maxsize=4096)  # a group's completions often repeat an answer
-def _read(text: str):
+def _read(text: str, seconds: float):
     """`text` as an exact sympy value; None when it does not read whole as math or could be
-    costly. Never raises: it reads model output."""
+    costly (it reads model output). TimeoutError, not cached, when the LaTeX grammar needs more
+    than `seconds` of this thread's CPU to build its prediction tables for `text`."""
     import sympy
-    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig, normalize_latex
+    from latex2sympy2_extended.latex2sympy2 import (NormalizationConfig, comma_number_regex,
+                                                    normalize_latex)
     from math_verify.grader import should_treat_as_complex
 
     if len(text) > MAX_ANSWER_CHARS:
@@ -263,46 +327,62 @@ def _read(text: str):
     text = normalize_latex(_undress(text), NormalizationConfig(basic_latex=True, boxed="none"))
     for pattern, replacement in _SHORTHANDS:
         text = pattern.sub(replacement, text)
+    if comma_number_regex.match(text):  # 1,000 is a number, as latex2sympy reads it
+        text = text.replace(",", "")
     if not text.strip() or _too_costly_to_parse(text):
         return None
     try:
         return _Reader(text).read()
     except _Outside:
-        pass  # sets, intervals, functions, relations: the LaTeX grammar reads those
+        pass  # functions, relations, |x|, n!: the LaTeX grammar reads those
     except Exception:  # a power too large, a division by zero, recursion
         return None
     if len(text) > MAX_LATEX_CHARS:
         return None
     text = _JUXTAPOSED.sub(r"\\cdot ", text.replace("**", "^"))  # latex2sympy reads 2(3) as 2+3
     converter = _latex2sympy()(is_real=not should_treat_as_complex(text))  # outside: fail loudly
+    converter.seconds = seconds
     try:
         expr = converter.parse(text)
         if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)) or _bits(expr) > MAX_BITS:
             return None
         expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
         return expr.doit() if isinstance(expr, sympy.Expr) else expr  # cheap: its size is bounded
+    except TimeoutError:
+        raise
     except Exception:  # the grammar's error listener raises plain Exception on a syntax error
         return None
 
 
 @functools.cache
 def _latex2sympy():
-    """latex2sympy's converter with ANTLR in SLL mode (what SLL cannot parse gives 0.0)."""
+    """latex2sympy's converter with ANTLR in SLL mode (what SLL cannot parse gives 0.0) that
+    raises TimeoutError once the parser's prediction has taken `seconds` of this thread's CPU."""
     from antlr4.atn.PredictionMode import PredictionMode
     from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
 
-    class SLLLatex2Sympy(_Latex2Sympy):
+    class BoundedLatex2Sympy(_Latex2Sympy):
+        seconds = math.inf
+
         def create_parser(self, latex_str):
             parser = super().create_parser(latex_str)
             parser._interp.predictionMode = PredictionMode.SLL
+            compute, deadline = parser._interp.computeTargetState, time.thread_time() + self.seconds
+
+            def bounded(*args):  # a new state of ANTLR's prediction tables: up to ~50 ms
+                if time.thread_time() >= deadline:
+                    raise TimeoutError("LaTeX grammar: prediction over its CPU budget")
+                return compute(*args)
+
+            parser._interp.computeTargetState = bounded
             return parser
 
-    return SLLLatex2Sympy
+    return BoundedLatex2Sympy
 
 
 @functools.lru_cache(maxsize=1024)
 def _read_reference(reference: str):
-    expr = _read(_unbox(reference) or reference)
+    expr = _read(_unbox(reference) or reference, math.inf)
     if expr is None:
         raise ValueError(f"reference {reference!r} does not read as math, or is too large (see "
                          "grpo.rewards.math_answer for what is read)")
@@ -320,7 +400,10 @@ def is_math_equal(prediction: str, reference: str) -> bool:
     sides = [prediction] if "=" in reference else _undress(prediction).split("=")
     if len(sides) > 1 and _LONE_NAME.fullmatch(sides[0]):
         sides = sides[1:]  # `x = 2`: the value is the right side
-    return all(_equal(gold, _read(side)) for side in sides)
+    try:
+        return all(_equal(gold, _read(side, MAX_GRAMMAR_SECONDS)) for side in sides)
+    except TimeoutError:  # a shape the grammar has not met yet, too costly to learn now
+        return False
 
 
 def _equal(gold, pred) -> bool:

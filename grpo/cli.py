@@ -57,7 +57,14 @@ def read_args(argv: list[str] | None = None, prog: str | None = None) -> Command
     given = vars(namespace)  # only the options given (argument_default=SUPPRESS)
     verbose = given.pop("verbose", False)
     given.pop("local_rank", None)
-    recipe = _recipe(given.pop("config")) if "config" in given else {}
+    path = given.pop("config", None)
+    recipe = _recipe(path) if path else {}
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    if set(recipe) - names:  # from_dict's message, naming the file
+        try:
+            GRPOConfig.from_dict({k: v for k, v in recipe.items() if k not in names})
+        except ValueError as e:
+            raise ValueError(f"--config {path}: {e}") from None
     hints = typing.get_type_hints(GRPOConfig)
     options = {key: _read(words, hints[key]) for key, words in given.items()}
     return CommandLine(GRPOConfig.from_dict({**recipe, **options}), verbose)

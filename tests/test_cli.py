@@ -155,7 +155,7 @@ BAD = [  # (command line, recipe or None, what the error line says)
     (["--config", "{recipe}"], "- max_steps\n- 5\n",
      "--config {recipe}: expected a mapping of config keys, got list"),
     (["--config", "{recipe}"], "max_step: 5\n",
-     "unknown config keys: 'max_step' (did you mean 'max_steps'?)"),
+     "--config {recipe}: unknown config keys: 'max_step' (did you mean 'max_steps'?)"),
     (["--config", "{recipe}"], "learning_rate: fast\n", "learning_rate must be float, got 'fast'"),
     (["--config", "{recipe}"], "num_generations: 3\n", "not divisible by num_generations=3"),
 ]

@@ -20,7 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpo.rewards import math_answer, math_reward
-from grpo.rewards.math_answer import MAX_BITS, _Reader, is_math_equal
+from grpo.rewards import math_reader
+from grpo.rewards.math_answer import is_math_equal
+from grpo.rewards.math_reader import MAX_BITS, Reader
 
 ATOM, POWER, UNARY, PRODUCT, SUM = 5, 4, 3, 2, 1  # precedence of what a rendering is
 
@@ -174,7 +176,7 @@ def test_reader_agrees_with_the_latex_grammar(monkeypatch):
     # the fast path against the naive one: LaTeX-style expressions read by math-verify's grammar
     # (which the reader spares them) must score the same
     def outside(self):
-        raise math_answer._Outside("forced")
+        raise math_reader.Outside("forced")
 
     rng, completions, references = random.Random(2), [], []
     for tree, number in cases(seed=2, count=150):
@@ -183,7 +185,7 @@ def test_reader_agrees_with_the_latex_grammar(monkeypatch):
             completions.append(answer(text))
             references.append(reference(number, rng))
     math_answer._read.cache_clear()
-    monkeypatch.setattr(math_answer._Reader, "read", outside)
+    monkeypatch.setattr(math_reader.Reader, "read", outside)
     try:
         rewards = math_reward(completions, answer=references)
     finally:
@@ -204,7 +206,7 @@ def test_reader_reads_subscripts_and_lists_as_the_latex_grammar(text):
     # and the same Interval, Tuple and FiniteSet
     from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
 
-    assert _Reader(text).read() == _Latex2Sympy(is_real=True).parse(text).doit()
+    assert Reader(text).read() == _Latex2Sympy(is_real=True).parse(text).doit()
 
 
 def test_grammar_budget_scores_zero_now_and_is_not_cached(monkeypatch):

@@ -14,14 +14,14 @@ of the text, which gives `2**5` the credit of 2):
 * An equation equals the reference when every side does, bar a lone name on the left: `x = 2`
   equals 2, `2 + 3 = 5` equals 5, `2**5 = 2` does not equal 2. A reference equation
   (`y = 2x + 1`) is compared whole.
-* `_Reader` reads arithmetic and algebra in plain text as people and models write it (`**` and
-  `^` are powers, right-associative: `3**2**2` is 81; `2*x`, `1/2`, `sqrt(2)`, `pi`, `2(3)` is 6)
-  and in LaTeX (`\frac`, `^{}`, `\cdot`; `2\frac{1}{2}` is the mixed number 5/2; `x_{1}` and
-  `x_1` are one variable), and lists as latex2sympy reads them: `1, 2` and `\{1, 2\}` are sets,
-  `(1, 2]` an interval, `(2, 1)` and `(1, 2, 3)` tuples. The rest (functions, relations, `\cup`,
-  `|x|`, `n!`) is read by math-verify's LaTeX grammar, which ends at end-of-input. Text either
-  parser would have to skip gives 0.0, as do digits apart (`1 000`, `2 3`) and LaTeX commands
-  outside `_COMMANDS`.
+* `Reader` (grpo/rewards/math_reader.py) reads arithmetic and algebra in plain text as people and
+  models write it (`**` and `^` are powers, right-associative: `3**2**2` is 81; `2*x`, `1/2`,
+  `sqrt(2)`, `pi`, `2(3)` is 6) and in LaTeX (`\frac`, `^{}`, `\cdot`; `2\frac{1}{2}` is the mixed
+  number 5/2; `x_{1}` and `x_1` are one variable), and lists as latex2sympy reads them: `1, 2` and
+  `\{1, 2\}` are sets, `(1, 2]` an interval, `(2, 1)` and `(1, 2, 3)` tuples. The rest (functions,
+  relations, `\cup`, `|x|`, `n!`) is read by math-verify's LaTeX grammar, which must reach the
+  end of the input. Text either parser would have to skip gives 0.0, as do digits apart
+  (`1 000`, `2 3`) and LaTeX commands outside `_COMMANDS`.
 * Numbers are exact, decimals included: rationals are equal only when equal (`0.5` equals `1/2`;
   `0.333` is not `1/3`, `1.414` is not `\sqrt{2}`). Other values go to math-verify's `verify`
   (`\sqrt{2}/2` equals `1/\sqrt{2}`, `{1, 2}` equals `\{2, 1\}`, intervals, `x^2+2x+1` equals
@@ -30,14 +30,14 @@ of the text, which gives `2**5` the credit of 2):
 Cost is bounded without signals (math-verify's `signal.alarm` works only in the main thread):
 `MAX_ANSWER_CHARS`, `MAX_DEPTH` and `MAX_DIGITS` before parsing, `MAX_LATEX_CHARS` for lists
 (math-verify compares sets slowly) and for what the grammar reads; 0.0 for a power or factorial
-whose exact value could exceed `MAX_BITS` bits (towers, `10^{10^{10}}`, `10000!`), and for
-integrals, sums, products, limits and derivatives. The grammar (ANTLR, in SLL mode) costs about a
-millisecond a token on shapes the process has met, but builds prediction tables the first time it
-meets one, at 5-50 ms a table state. `MAX_GRAMMAR_SECONDS` (off: inf) can bound that per answer
-in its thread's CPU: past it the answer scores 0.0, uncached; a right answer may then score 0.0 the
-first time its shape is met, and the score depends on the machine's speed and on what the process
-met before, so it is off by default (scores stay reproducible). References are never bounded.
-CPU per answer: benchmarks/math_reward_cost.py.
+whose exact value could exceed math_reader's `MAX_BITS` bits (towers, `10^{10^{10}}`, `10000!`),
+and for integrals, sums, products, limits and derivatives. The grammar (ANTLR, in SLL mode) costs
+about a millisecond a token on shapes the process has met, but builds prediction tables the first
+time it meets one, at 5-50 ms a table state. `MAX_GRAMMAR_SECONDS` (off: inf) can bound that per
+answer in its thread's CPU: past it the answer scores 0.0, uncached; a right answer may then score
+0.0 the first time its shape is met, and the score depends on the machine's speed and on what the
+process met before, so it is off by default (scores stay reproducible). References are never
+bounded. CPU per answer: benchmarks/math_reward_cost.py.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import re
 import threading
 import time
 
+from grpo.rewards.math_reader import MAX_BITS, Outside, Reader, bits
 from grpo.rewards.tags import ANSWER_CLOSE, ANSWER_OPEN, _check_completions, extract_answer
 
 MAX_ANSWER_CHARS = 300
@@ -55,15 +56,13 @@ MAX_LATEX_CHARS = 100
 MAX_GRAMMAR_SECONDS = math.inf  # e.g. 0.05: every answer under 0.2 s, some first-sight misses
 MAX_DEPTH = 6
 MAX_DIGITS = 40
-MAX_BITS = 1 << 15
-SYMBOL_BITS = 256  # a variable weighs as much as a 256-bit number: powers of polynomials stay small
 
 _COMMANDS = frozenset("""
     frac sqrt cdot times div pm mp pi infty circ text le leq ge geq lt gt ne neq cup cap setminus
     emptyset varnothing sin cos tan sec csc cot arcsin arccos arctan sinh cosh tanh ln log exp
     alpha beta delta epsilon varepsilon zeta eta theta vartheta kappa lambda mu nu xi rho sigma tau
     phi varphi chi psi omega Delta Theta Lambda Xi Pi Sigma Phi Psi Omega begin end quad qquad
-""".split())  # what latex2sympy evaluates while parsing (\binom, \det, \gcd, \Gamma …) is left out
+""".split())  # not what latex2sympy evaluates while parsing (\binom, \det, \gcd, \Gamma)
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _NOT_UNITS = frozenset("and or pi sqrt inf infty infinity hundred thousand million billion "
                        "trillion dozen squared cubed".split())
@@ -76,13 +75,6 @@ _LONE_NAME = re.compile(r"\s*(?:[A-Za-z]\w*|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:\([A-Z
 _SHORTHANDS = ((re.compile(r"\\frac\s*(\w)\s*(\w)"), r"\\frac{\1}{\2}"),  # \frac12, \sqrt2
                (re.compile(r"\\sqrt\s*(\w)"), r"\\sqrt{\1}"))
 _JUXTAPOSED = re.compile(r"(?<=[\d)])\s*(?=[({])|(?<=\))\s*(?=\d|\\frac)")
-_TOKEN = re.compile(r"(?![eEiI])[A-Za-z]_(?:\{\s*[A-Za-z0-9]+\s*\}|[0-9]+(?![.0-9])|[A-Za-z])"
-                    r"|[0-9]+\.?[0-9]*|\.[0-9]+|\*\*|\\[A-Za-z]+|\\[{}]|sqrt|pi(?![A-Za-z])|\S")
-_SYNONYMS = {"**": "^", "\\cdot": "*", "\\times": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/",
-             "−": "-", "sqrt": "\\sqrt", "pi": "\\pi", "π": "\\pi"}
-_READER_TOKENS = frozenset({*"+-*/^()[]{},", "\\frac", "\\sqrt", "\\pi", "\\infty", "\\{", "\\}"})
-_CLOSERS = {"(": ")", "[": "]", "{": "}"}
-_BRACKETS = {**_CLOSERS, "\\{": "\\}"}
 
 
 def graded_text(message: str) -> str | None:
@@ -132,186 +124,6 @@ def _too_costly_to_parse(text: str) -> bool:
             or re.search(r"\d\s+\.?\d|\.\d*\.", text) is not None)  # 1 000, 2 3, 1.2.3
 
 
-class _Outside(Exception):
-    """The text uses more than `_Reader` reads (a function, a relation, `|x|` …)."""
-
-
-class _Reader:
-    """Recursive descent over numbers, variables, `+ - * / ^` (`**`), brackets, `\\frac`, `\\sqrt`,
-    `\\pi`, `\\infty`, juxtaposition and lists, to exact sympy values as latex2sympy builds them.
-    Raises _Outside on anything else, ValueError on a division by zero or a power too large to
-    compute (`_power`).
-
-    items := element (',' element)*      element := collection | expr
-    collection := ('(' | '[' | '{' | '\\{') items (')' | ']' | '}' | '\\}'), when it holds a comma
-    expr := product (('+'|'-') product)*    product := signed (('*'|'/')? signed)*
-    signed := ('+'|'-') signed | atom ('^' signed)?
-    """
-
-    def __init__(self, text: str):
-        self.tokens, self.i = [_SYNONYMS.get(token, token) for token in _TOKEN.findall(text)], 0
-        for token in self.tokens:
-            if not (token in _READER_TOKENS or token[0] in "0123456789." or "_" in token[1:]
-                    or (len(token) == 1 and token.isalpha() and token not in "iI")):
-                raise _Outside(token)
-
-    def read(self):
-        from latex2sympy2_extended.sets import FiniteSet  # keeps the written order, as verify needs
-
-        items = self.items()
-        if self.peek() is not None:
-            raise _Outside(self.peek())
-        return items[0] if len(items) == 1 else FiniteSet(*items)
-
-    def peek(self) -> str | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def take(self, expected: str | None = None) -> str:
-        token = self.peek()
-        if token is None or expected not in (None, token):
-            raise _Outside(f"expected {expected!r}, got {token!r}")
-        self.i += 1
-        return token
-
-    def items(self) -> list:
-        items = []
-        while not items or (self.peek() == "," and self.take()):
-            items.append(self.collection() if self.opens_list() else self.expr())
-        return items
-
-    def opens_list(self) -> bool:
-        """Whether the next token opens a set, or a bracket holding a comma at its own level."""
-        depth = 0
-        for token in self.tokens[self.i:]:
-            depth += (token in _BRACKETS) - (token in _BRACKETS.values())
-            if depth == 0 or (depth == 1 and token in (",", "\\{")):  # \{: 1st token
-                return depth == 1
-        return False
-
-    def collection(self):
-        """As latex2sympy's `convert_interval`, `convert_ordered_tuple`, `convert_finite_set`."""
-        import sympy
-        from latex2sympy2_extended.sets import FiniteSet
-
-        opener, items, closer = self.take(), self.items(), self.take()
-        if opener in ("{", "\\{") and closer == _BRACKETS[opener]:
-            return FiniteSet(*items)
-        if opener not in ("(", "[") or closer not in (")", "]"):
-            raise _Outside(closer)
-        if len(items) != 2 or not all(isinstance(item, sympy.Expr) for item in items):
-            return sympy.Tuple(*items)
-        (left, right), left_open, right_open = items, opener == "(", closer == ")"
-        try:  # what would be an empty interval is a pair
-            if (left_open and right_open and right <= left
-                    or not left_open and not right_open and right < left):
-                return sympy.Tuple(left, right)
-        except TypeError:  # a comparison with a variable has no truth value
-            pass
-        return sympy.Interval(left, right, left_open, right_open)
-
-    def expr(self):
-        import sympy
-
-        terms = [self.product()]
-        while self.peek() in ("+", "-"):
-            terms.append(self.product() if self.take() == "+" else -self.product())
-        return sympy.Add(*terms)  # all at once: one term at a time is quadratic
-
-    def product(self):
-        import sympy
-
-        factors = [self.signed()]
-        while self.peek() not in (None, "+", "-", ",", *_BRACKETS.values()):
-            operator = self.take() if self.peek() in ("*", "/") else "*"
-            factors.append(self.signed() if operator == "*" else _divide(1, self.signed()))
-        return sympy.Mul(*factors)
-
-    def signed(self):
-        if self.peek() in ("+", "-"):
-            return self.signed() if self.take() == "+" else -self.signed()
-        base = self.atom()
-        if self.peek() != "^":
-            return base
-        self.take()
-        return _power(base, self.signed())
-
-    def atom(self):
-        import sympy
-
-        token = self.take()
-        if token in _CLOSERS:
-            value = self.expr()
-            self.take(_CLOSERS[token])
-            return value
-        if token == "\\frac":
-            return _divide(self.atom(), self.atom())
-        if token == "\\sqrt" and self.peek() != "[":
-            return _power(self.atom(), sympy.Rational(1, 2))
-        if token[0] in "0123456789.":
-            number = sympy.Rational(token)
-            if self.peek() == "\\frac" and "." not in token:  # 2\frac{1}{2} is 5/2
-                part = self.atom()
-                return number + part if part.is_Rational and part > 0 else number * part
-            return number
-        if token in ("\\pi", "\\infty", "e"):
-            return {"\\pi": sympy.pi, "\\infty": sympy.oo, "e": sympy.E}[token]
-        if "_" in token[1:]:  # x_1 and x_{1} are x_1, x_{12} is x_{12}, as latex2sympy names them
-            base, index = token.split("_")
-            index = index.strip("{ }")
-            return sympy.Symbol(f"{base}_{index if len(index) == 1 else '{' + index + '}'}".lower(),
-                                real=True)
-        if token.isalpha():
-            return sympy.Symbol(token.lower(), real=True)  # as latex2sympy names variables
-        raise _Outside(token)
-
-
-def _divide(numerator, denominator):
-    if denominator == 0:
-        raise ValueError("division by zero")
-    return numerator / denominator
-
-
-def _power(base, exponent):
-    """`base ** exponent`; ValueError when its exact value could exceed `MAX_BITS` bits."""
-    if not exponent.free_symbols and (_bits(base) * _scale(exponent) > MAX_BITS
-                                      or (base == 0 and exponent.is_negative)):
-        raise ValueError("power too large to compute (or 0 to a negative power)")
-    return base ** exponent
-
-
-def _scale(exponent) -> float:
-    """A bound on bits(base ** exponent) / bits(base) for a number `exponent`: |p| or q when it
-    is p/q; inf when it could exceed 2**64."""
-    bits = _bits(exponent)
-    if bits > 64:
-        return math.inf
-    exponent = exponent.doit()  # cheap: every number in it has at most 64 bits
-    return max(abs(exponent.p), exponent.q) if exponent.is_Rational else 2.0 ** bits
-
-
-def _bits(expr) -> float:
-    """An upper bound on the bits of the exact value of `expr` (a variable counts `SYMBOL_BITS`);
-    inf when no cheap bound exists."""
-    import sympy
-
-    if isinstance(expr, (sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit, sympy.Derivative)):
-        return math.inf
-    if isinstance(expr, sympy.Rational):
-        return max(abs(expr.p).bit_length(), expr.q.bit_length(), 1)  # 1: 0 * inf is nan
-    if isinstance(expr, sympy.Float):
-        return 64 + abs(int(expr)).bit_length()
-    if isinstance(expr, sympy.Symbol):
-        return SYMBOL_BITS
-    if isinstance(expr, (sympy.Pow, sympy.exp)) and not expr.as_base_exp()[1].free_symbols:
-        base, exponent = expr.as_base_exp()  # exp(x) is e**x
-        return _bits(base) * _scale(exponent)
-    if isinstance(expr, sympy.factorial):
-        n = _bits(expr.args[0])  # n! <= n**n
-        return n * 2.0 ** n if n < 64 else math.inf
-    parts = list(expr) if isinstance(expr, sympy.MatrixBase) else getattr(expr, "args", ())
-    return 1 + sum(_bits(part) for part in parts)
-
-
 @functools.lru_cache(maxsize=4096)  # a group's completions often repeat an answer
 def _read(text: str, seconds: float):
     """`text` as an exact sympy value; None when it does not read whole as math or could be
@@ -332,8 +144,8 @@ def _read(text: str, seconds: float):
     if not text.strip() or _too_costly_to_parse(text):
         return None
     try:
-        return _Reader(text).read()
-    except _Outside:
+        return Reader(text).read()
+    except Outside:
         pass  # functions, relations, |x|, n!: the LaTeX grammar reads those
     except Exception:  # a power too large, a division by zero, recursion
         return None
@@ -344,7 +156,7 @@ def _read(text: str, seconds: float):
     converter.seconds = seconds
     try:
         expr = converter.parse(text)
-        if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)) or _bits(expr) > MAX_BITS:
+        if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)) or bits(expr) > MAX_BITS:
             return None
         expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
         return expr.doit() if isinstance(expr, sympy.Expr) else expr  # cheap: its size is bounded

@@ -186,8 +186,9 @@ class GRPOConfig:
     """A checkpoint directory, or "latest" for the newest in output_dir."""
 
     def __post_init__(self):
+        hints = typing.get_type_hints(GRPOConfig)
         for name in ("scale_rewards", "engine", "sampler", "report_to", "vllm_dtype"):
-            check_choice(name, getattr(self, name), typing.get_type_hints(GRPOConfig)[name])
+            check_choice(name, getattr(self, name), hints[name])
         for name in ("num_generations", "per_device_train_batch_size", "max_steps",
                      "gradient_accumulation_steps", "max_prompt_length", "max_completion_length",
                      "logging_steps", "save_total_limit"):

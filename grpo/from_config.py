@@ -12,6 +12,7 @@ import torch
 
 from grpo.config import GRPOConfig
 
+
 def model_path(config: GRPOConfig) -> str:
     from grpo.models import resolve_model
 

@@ -63,6 +63,21 @@ def _with(engine, **changes) -> TorchEngine:
 _grads = gradients
 
 
+def _loss_grads(engine, loss) -> dict[str, torch.Tensor]:
+    params = dict(engine.model.named_parameters())
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True)))
+
+
+def _assert_any_split_gives(engine, rollouts, advantages, expected) -> None:
+    """The engine's gradient, whole and in 3-row micro-batches, equals `expected` (fp32 sums in
+    another order: a few ulps of the largest entry)."""
+    for micro in (None, 3):
+        got = _grads(_with(engine, micro_batch_size=micro), rollouts, advantages)
+        for name in expected:
+            assert_close(got[name], expected[name], rtol=1e-5,
+                         atol=1e-6 * expected[name].abs().max())
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "token_mean", "dr_grpo"])
 def test_gradient_does_not_depend_on_micro_batch_size(tiny_model, loss_type):
     rollouts, advantages = _batch()
@@ -222,14 +237,9 @@ def test_truncated_importance_sampling_is_the_weighted_loss_in_any_micro_batch_s
                               rollouts.completion_mask, 1.0, 1024)
     want = grpo_loss(lp, None, None, advantages, rollouts.completion_mask, beta=0.0,
                      sampler_logprobs=rollouts.sampler_logprobs, tis_cap=2.0)
-    params = dict(engine.model.named_parameters())
-    expected = dict(zip(params, torch.autograd.grad(want.loss, list(params.values()))))
+    expected = _loss_grads(engine, want.loss)
     plain = _grads(_engine(tiny_model, beta=0.0), rollouts, advantages)
-    for micro in (None, 3):
-        got = _grads(_with(engine, micro_batch_size=micro), rollouts, advantages)
-        for name in expected:
-            assert_close(got[name], expected[name], rtol=1e-5,
-                         atol=1e-6 * expected[name].abs().max())
+    _assert_any_split_gives(engine, rollouts, advantages, expected)
     assert any(not torch.allclose(plain[n], expected[n]) for n in expected)  # weights mattered
     weights = torch.exp(shift).clamp(max=2.0)[mask]
     metrics = engine.train_step(rollouts, advantages)
@@ -260,16 +270,13 @@ def test_loss_variants_reach_the_loss_in_any_micro_batch_split(tiny_model):
     lp, _ = sequence_logprobs(engine.model, rollouts.input_ids, rollouts.attention_mask,
                               rollouts.completion_mask, 1.0, 1024)
     ref = engine.ref_logprobs(rollouts)
-    params = dict(engine.model.named_parameters())
-    expected, plain = ({n: g for n, g in zip(params, torch.autograd.grad(
-        grpo_loss(lp, None, ref, advantages, rollouts.completion_mask, beta=0.1,
-                  max_completion_length=6, **kw).loss, list(params.values()), retain_graph=True))}
-        for kw in (dict(variants, sampler_logprobs=rollouts.sampler_logprobs), {}))
-    for micro in (None, 3):
-        got = _grads(_with(engine, micro_batch_size=micro), rollouts, advantages)
-        for name in expected:
-            assert_close(got[name], expected[name], rtol=1e-5,
-                         atol=1e-6 * expected[name].abs().max())
+    def loss(**kw):
+        return grpo_loss(lp, None, ref, advantages, rollouts.completion_mask, beta=0.1,
+                         max_completion_length=6, **kw).loss
+
+    expected = _loss_grads(engine, loss(**variants, sampler_logprobs=rollouts.sampler_logprobs))
+    plain = _loss_grads(engine, loss())
+    _assert_any_split_gives(engine, rollouts, advantages, expected)
     assert any(not torch.allclose(plain[n], expected[n]) for n in expected)  # variants mattered
 
 

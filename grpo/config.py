@@ -64,6 +64,13 @@ class GRPOConfig:
     """Nucleus sampling."""
     sampler: SamplerName = "vllm"
     """"vllm" or "hf" (transformers generate)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (verl's filter_groups): groups whose rewards all tie teach nothing,
+    so they are set aside and the next prompts of the data order are sampled, in rounds, until
+    each rank has its prompts_per_step groups with signal or dynamic_sampling_max_rounds extra
+    rounds are spent; tied groups then fill what is missing. The trained batch keeps its size."""
+    dynamic_sampling_max_rounds: int = 3
+    """Extra sampling rounds a step may spend under dynamic_sampling."""
     vllm_dtype: VLLMDtype = "auto"
     """vLLM's weights and compute. "auto": bf16 when `bf16` is set, else vLLM's own choice, which
     on a CPU with native bf16 (AVX-512 BF16, AMX) is bf16 and on other CPUs fp32 (grpo's rule:
@@ -80,9 +87,14 @@ class GRPOConfig:
 
     # --- rewards ---
     rewards: list = field(default_factory=lambda: ["format", "countdown"])
-    """Reward functions by name: format, partial_format, countdown, choice, math."""
+    """Reward functions by name: format, partial_format, countdown, countdown_numbers (shaping:
+    the share of the answer's numbers that are the puzzle's), choice, math, overlong (DAPO's soft
+    length penalty, 0 to -1 over the last overlong_buffer tokens)."""
     reward_weights: list | None = None
     """One weight per reward (None: all 1.0)."""
+    overlong_buffer: int | None = None
+    """Tokens before max_completion_length over which the "overlong" reward falls from 0 to -1
+    (DAPO: 4096 of 20480). None: a quarter of max_completion_length."""
 
     # --- loss ---
     loss_type: LossType = "grpo"
@@ -201,6 +213,8 @@ class GRPOConfig:
               f"{self.per_device_train_batch_size} * {self.gradient_accumulation_steps} = "
               f"{self.completions_per_step} completions per rank is not divisible by "
               f"num_generations={self.num_generations}")
+        check(self.dynamic_sampling_max_rounds >= 0, f"dynamic_sampling_max_rounds must be >= 0, "
+              f"got {self.dynamic_sampling_max_rounds}")
         check(0 <= self.warmup_ratio < 1,
               f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
@@ -213,6 +227,10 @@ class GRPOConfig:
                   f"rewards: unknown reward {name!r}"
                   + (f" (did you mean {close[0]!r}?)" if close else "")
                   + f"; known: {sorted(NAMED_REWARDS)}")
+        check(self.overlong_buffer is None
+              or 0 < self.overlong_buffer <= self.max_completion_length,
+              f"overlong_buffer must be in [1, max_completion_length="
+              f"{self.max_completion_length}], got {self.overlong_buffer}")
         if self.reward_weights is not None:
             check(len(self.reward_weights) == len(self.rewards),
                   f"reward_weights has {len(self.reward_weights)} entries but rewards has "

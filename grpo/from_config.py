@@ -68,9 +68,15 @@ def datasets(config: GRPOConfig, tok):
 
 
 def reward_set(config: GRPOConfig):
-    from grpo.rewards import NAMED_REWARDS, RewardSet
+    from grpo.rewards import NAMED_REWARDS, OverlongPenalty, RewardSet
 
-    return RewardSet([NAMED_REWARDS[name] for name in config.rewards], config.reward_weights)
+    def build(name: str):
+        if name == "overlong":
+            buffer = config.overlong_buffer or max(1, config.max_completion_length // 4)
+            return OverlongPenalty(config.max_completion_length, buffer)
+        return NAMED_REWARDS[name]
+
+    return RewardSet([build(name) for name in config.rewards], config.reward_weights)
 
 
 def engine(config: GRPOConfig, path: str):

@@ -73,6 +73,31 @@ class Rollouts:
         return replace(self, **picked)
 
     @classmethod
+    def cat(cls, parts: Sequence[Rollouts], pad_id: int = 0) -> Rollouts:
+        """The rows of several batches (same group size) in order, re-padded to the widest
+        prompt (on the left) and completion (on the right). Any pad id will do: the masks hide
+        padding from the model and the loss."""
+        if len({r.group_size for r in parts}) != 1:
+            raise ValueError(f"cannot join rollouts of group sizes {[r.group_size for r in parts]}")
+        p = max(r.prompt_ids.shape[1] for r in parts)
+        t = max(r.completion_ids.shape[1] for r in parts)
+
+        def left(x: Tensor, width: int, value) -> Tensor:
+            return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+        def right(x: Tensor, width: int, value) -> Tensor:
+            return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+        return cls(prompt_ids=torch.cat([left(r.prompt_ids, p, pad_id) for r in parts]),
+                   prompt_mask=torch.cat([left(r.prompt_mask, p, 0) for r in parts]),
+                   completion_ids=torch.cat([right(r.completion_ids, t, pad_id) for r in parts]),
+                   completion_mask=torch.cat([right(r.completion_mask, t, 0) for r in parts]),
+                   sampler_logprobs=torch.cat([right(r.sampler_logprobs, t, 0.0) for r in parts]),
+                   truncated=torch.cat([r.truncated for r in parts]),
+                   texts=[x for r in parts for x in r.texts],
+                   prompts=[x for r in parts for x in r.prompts], group_size=parts[0].group_size)
+
+    @classmethod
     def from_lists(
         cls,
         prompt_ids: list[list[int]],  # [N] token ids of each completion's prompt

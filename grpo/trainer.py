@@ -7,11 +7,18 @@
         metrics    = engine.train_step(rollouts, advantages, loss_mask)
         sampler.load_weights(engine.named_weights())
 
-Everything the loop needs is derived from (config, step): the prompts of step s are a fixed slice
-of a seeded permutation per epoch, and the sampler is seeded with derive_seed(seed, s, rank)
-(grpo/seeds.py). So a checkpoint needs only the weights, the engine's optimizer state and step
-count, the RNG states and the step, and a resumed run repeats exactly what an uninterrupted one
-would have done (bit for bit on a CPU; vLLM's batched CUDA kernels are not bit-reproducible).
+Everything the loop needs is derived from (config, step, prompts consumed): the prompts are read
+in the order of a seeded permutation per epoch, and the sampler is seeded with
+derive_seed(seed, s, rank) (grpo/seeds.py). So a checkpoint needs only the weights, the engine's
+optimizer state and step count, the RNG states, the step and the prompts consumed, and a resumed
+run repeats exactly what an uninterrupted one would have done (bit for bit on a CPU; vLLM's
+batched CUDA kernels are not bit-reproducible).
+
+Under `dynamic_sampling` (DAPO) a step samples in rounds: groups whose rewards all tie are set
+aside and the next prompts are sampled until each rank has its prompts_per_step groups with
+signal, or the extra rounds run out and tied groups fill the batch. Every rank takes part in
+every round (a rank that is full samples nothing), so the ranks agree on the number of rounds
+through one all-reduce per round and reach the train step, and its collectives, together.
 
 With several ranks (DeepSpeed), each rank samples and trains on its own share of the step's
 prompts; only rank 0 logs, evaluates and writes checkpoint metadata.
@@ -19,7 +26,9 @@ prompts; only rank 0 logs, evaluates and writes checkpoint metadata.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -28,8 +37,14 @@ from grpo import checkpoint as ckpt
 from grpo import distributed
 from grpo.advantages import group_advantages, zero_variance_groups
 from grpo.config import GRPOConfig
+from grpo.rewards import RewardOutput, join_outputs
+from grpo.rollouts import Rollouts
 from grpo.seeds import derive_seed
 from grpo.tracking import NullTracker, Timer, Tracker
+
+log = logging.getLogger("grpo")
+WARN_WINDOW = 5  # steps a warning looks back over (and the least steps between two of a kind)
+LENGTH_COLUMN = "completion_length"  # what the trainer adds to the dataset's columns for rewards
 
 
 class GRPOTrainer:
@@ -51,12 +66,15 @@ class GRPOTrainer:
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.prefill = prefill or ""
         self.reward_set = reward_set or build.reward_set(c)
-        self.reward_set.check_columns(train_dataset.column_names)
+        self.reward_set.check_columns([*train_dataset.column_names, LENGTH_COLUMN])
         self.engine = engine or build.engine(c, self.model_path)
         self.rank, self.world_size = getattr(self.engine, "rank", 0), getattr(
             self.engine, "world_size", 1)
         self.sampler = sampler or build.sampler(c, self.model_path)
         self.tracker = NullTracker()
+        self.prompts_consumed = 0  # over all ranks: where the next step reads the data order
+        self._recent: deque[dict] = deque(maxlen=WARN_WINDOW)  # metrics of the last steps
+        self._warned_at: dict[str, int] = {}
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> list[dict]:
@@ -70,15 +88,8 @@ class GRPOTrainer:
             self._evaluate(0)
         progress = _progress(start, c.max_steps, self.rank == 0)
         for step in range(start, c.max_steps):
-            rows = self._prompt_rows(step)
             timer = Timer()
-            with timer("time/sample"):
-                # Ranks, steps and runs draw different noise; a resumed run redraws the same.
-                rollouts = self.sampler.sample(
-                    rows["prompt"], seed=derive_seed(c.seed, step, self.rank))
-            with timer("time/reward"):
-                rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
-                                          **_repeat(rows, G, exclude=("prompt",)))
+            rollouts, rewards, sampled = self._sample_groups(step, timer)
             advantages = group_advantages(rewards.total, G, scale=c.scale_rewards)
             loss_mask = None  # the completions as sampled
             if c.mask_truncated_completions:  # DAPO's overlong filter: out of the loss only
@@ -92,7 +103,8 @@ class GRPOTrainer:
                     self.sampler.wake_up()
                 self.sampler.load_weights(self.engine.named_weights())
 
-            metrics = self._step_metrics(rollouts, rewards, advantages, train_metrics, timer)
+            metrics = self._step_metrics(rollouts, rewards, advantages, train_metrics, timer,
+                                         sampled)
             history.append({"step": step + 1, **metrics})
             self._after_step(step + 1, metrics, rollouts, rewards, advantages, progress)
         progress.close()
@@ -110,6 +122,9 @@ class GRPOTrainer:
             self.tracker.log(step, metrics)
         if c.log_completions_steps and step % c.log_completions_steps == 0:
             self.tracker.log_completions(step, _completion_rows(rollouts, rewards, advantages))
+        self._recent.append(metrics)
+        if self.rank == 0:
+            self._diagnose(step)
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}")
         if c.eval_steps and step % c.eval_steps == 0:
@@ -117,30 +132,111 @@ class GRPOTrainer:
         if c.save_steps and step % c.save_steps == 0:
             self.save(step)
 
-    def _prompt_rows(self, step: int) -> dict[str, list]:
-        c = self.config
-        return self.train_dataset[prompt_indices(step, len(self.train_dataset),
-                                                 c.prompts_per_step, c.seed, self.rank,
-                                                 self.world_size)]
+    def _sample_groups(self, step: int, timer: Timer) -> tuple[Rollouts, RewardOutput, dict]:
+        """The step's groups, their rewards, and what was sampled to get them.
 
-    def _step_metrics(self, rollouts, rewards, advantages, train_metrics, timer) -> dict:
-        lengths = rollouts.completion_lengths.float()
+        One round reads the next prompts_per_step * world_size prompts of the data order (rank r
+        the r-th slice). Under dynamic_sampling, rounds go on while any rank has fewer than
+        prompts_per_step groups whose rewards differ, up to dynamic_sampling_max_rounds extra;
+        the batch is then the first groups with signal, filled with tied ones, in sampled order.
+        """
+        c, G, need = self.config, self.config.num_generations, self.config.prompts_per_step
+        max_rounds = 1 + (c.dynamic_sampling_max_rounds if c.dynamic_sampling else 0)
+        parts, outputs, signal, tied, rounds = [], [], [], [], 0
+        while True:
+            if len(signal) < need:  # a full rank samples nothing but keeps the rounds' pace
+                first = self.prompts_consumed + rounds * need * self.world_size
+                rows = self.train_dataset[data_order(first + self.rank * need, need,
+                                                     len(self.train_dataset), c.seed)]
+                # Ranks, steps, rounds and runs draw different noise; a resumed run the same.
+                seed = derive_seed(c.seed, step, self.rank, *([rounds] if rounds else []))
+                with timer("time/sample"):
+                    rollouts = self.sampler.sample(rows["prompt"], seed=seed)
+                with timer("time/reward"):
+                    outputs.append(self._score(rollouts, rows, G))
+                offset = sum(len(p) for p in parts) // G
+                for g, tie in enumerate(zero_variance_groups(outputs[-1].total, G).tolist()):
+                    (tied if tie else signal).append(offset + g)
+                parts.append(rollouts)
+            rounds += 1
+            if rounds == max_rounds or not self._any_rank_short(len(signal) < need):
+                break
+        self.prompts_consumed += rounds * need * self.world_size
+        if len(parts) == 1 and len(signal) + len(tied) == need:
+            everything, joined = parts[0], outputs[0]
+        else:
+            everything, joined = Rollouts.cat(parts), join_outputs(outputs)
+        groups = sorted(signal[:need] + tied[:max(0, need - len(signal))])
+        rows = [g * G + i for g in groups for i in range(G)]
+        trained = everything if len(rows) == len(everything) else everything.select(rows)
+        rewards = RewardOutput(joined.total[rows], {k: v[rows] for k, v in
+                                                    joined.per_function.items()}, joined.metrics)
+        lengths = everything.completion_lengths.float()
+        sampled = {  # the policy's samples, all rounds: what it scores now
+            "reward": joined.total.mean().item(),
+            "reward_std": joined.total.std().item() if len(joined.total) > 1 else 0.0,
+            **joined.metrics,  # rewards/<name>/mean, /std, /errors, /timeouts
+            "completion_length/mean": lengths.mean().item(),
+            "completion_length/max": lengths.max().item(),
+            "truncated_ratio": everything.truncated.float().mean().item(),
+            "tokens": lengths.sum().item()}
+        if c.dynamic_sampling:
+            sampled.update({"dynamic_sampling/rounds": rounds,
+                            "dynamic_sampling/groups_kept": min(len(signal), need),
+                            "dynamic_sampling/groups_dropped": len(signal) + len(tied) - need,
+                            "dynamic_sampling/prompts": rounds * need * self.world_size})
+        return trained, rewards, sampled
+
+    def _any_rank_short(self, short: bool) -> bool:
+        """Whether any rank wants another round (one all-reduce, so all ranks agree)."""
+        if self.world_size == 1:
+            return short
+        flag = torch.tensor([float(short)], device=self.engine.device)
+        return bool(distributed.all_reduce_max(flag).item())
+
+    def _score(self, rollouts: Rollouts, rows: dict[str, list], times: int) -> RewardOutput:
+        """Rewards of the completions, with their dataset rows and token counts as columns."""
+        return self.reward_set([self.prefill + t for t in rollouts.texts],
+                               **_repeat(rows, times, exclude=("prompt",)),
+                               **{LENGTH_COLUMN: rollouts.completion_lengths.tolist()})
+
+    def _diagnose(self, step: int) -> None:
+        """Warn, at most every WARN_WINDOW steps per kind, when a run trains on little."""
+        recent = self._recent
+        if len(recent) < WARN_WINDOW:
+            return
+        c = self.config
+        truncated = sum(r["truncated_ratio"] for r in recent) / len(recent)
+        tied = sum(r["zero_variance_groups"] for r in recent) / len(recent)
+        warnings = {
+            "truncated": (truncated > 0.5, f"{truncated:.0%} of the completions of the last "
+                          f"{WARN_WINDOW} steps were cut at max_completion_length="
+                          f"{c.max_completion_length}: raise it, lower temperature="
+                          f"{c.temperature}, or add the 'overlong' reward"),
+            "tied": (tied > 0.5, f"{tied:.0%} of the groups trained in the last {WARN_WINDOW} "
+                     "steps scored all alike and taught nothing: turn on dynamic_sampling (or "
+                     "raise dynamic_sampling_max_rounds), raise temperature="
+                     f"{c.temperature} or num_generations={c.num_generations}, or add a denser "
+                     "reward")}
+        for kind, (bad, message) in warnings.items():
+            if bad and step - self._warned_at.get(kind, -WARN_WINDOW) >= WARN_WINDOW:
+                self._warned_at[kind] = step
+                log.warning("grpo step %d: %s", step, message)
+
+    def _step_metrics(self, rollouts, rewards, advantages, train_metrics, timer,
+                      sampled) -> dict:
         seconds = sum(timer.seconds.values())
+        tokens = sampled.pop("tokens")
         metrics = {
-            "reward": rewards.total.mean().item(),
-            "reward_std": rewards.total.std().item() if len(rewards.total) > 1 else 0.0,
-            **rewards.metrics,  # rewards/<name>/mean, /std, /errors, /timeouts
+            **sampled,
             "advantage/abs_mean": advantages.abs().mean().item(),
             "advantage/max": advantages.max().item(),
             "advantage/min": advantages.min().item(),
             "zero_variance_groups": zero_variance_groups(
                 rewards.total, rollouts.group_size).float().mean().item(),
-            "completion_length/mean": lengths.mean().item(),
-            "completion_length/max": lengths.max().item(),
-            "truncated_ratio": rollouts.truncated.float().mean().item(),
             **{k: float(v) for k, v in train_metrics.items()},
             **timer.seconds,
-            "tokens_per_second": lengths.sum().item() / max(seconds, 1e-9),
+            "tokens_per_second": tokens / max(seconds, 1e-9),
         }
         return _mean_over_ranks(metrics, self.world_size, self.engine.device)
 
@@ -151,8 +247,7 @@ class GRPOTrainer:
         rows = self.eval_dataset[:]
         rollouts = self.sampler.sample(rows["prompt"], group_size=1, temperature=0.0,
                                        seed=self.config.seed)
-        rewards = self.reward_set([self.prefill + t for t in rollouts.texts],
-                                  **_repeat(rows, 1, exclude=("prompt",)))
+        rewards = self._score(rollouts, rows, 1)
         metrics = {f"eval/{k}": v.float().nanmean().item()  # NaN = "not applicable"
                    for k, v in rewards.per_function.items()}
         metrics["eval/reward"] = rewards.total.mean().item()
@@ -162,7 +257,7 @@ class GRPOTrainer:
 
     def save(self, step: int) -> Path:
         c = self.config
-        state = {"step": step, "config": c.to_dict()}
+        state = {"step": step, "prompts_consumed": self.prompts_consumed, "config": c.to_dict()}
 
         def write(directory: Path):
             self.engine.save(str(directory))
@@ -179,18 +274,25 @@ class GRPOTrainer:
         ckpt.set_rng_state(torch.load(self.resume_dir / f"rng_state_rank{self.rank}.pt",
                                       weights_only=False))
         self.sampler.load_weights(self.engine.named_weights())
+        self.prompts_consumed = int(state.get(  # checkpoints of runs that read one round a step
+            "prompts_consumed", state["step"] * self.config.prompts_per_step * self.world_size))
         return int(state["step"])
 
 
 def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,
                    rank: int = 0, world_size: int = 1) -> list[int]:
-    """Dataset rows that `rank` trains on at `step`: a fixed slice of a permutation of the
-    dataset seeded with derive_seed(seed, epoch). The step's prompts over all ranks are the same
-    for any world size (rank r takes the r-th slice): 1 and 2 processes see the same puzzles."""
-    per_step = prompts_per_step * world_size
-    first = step * per_step + rank * prompts_per_step
+    """Dataset rows that `rank` trains on at `step` when every step reads one round: the r-th
+    slice of the step's prompts in the data order. The step's prompts over all ranks are the same
+    for any world size: 1 and 2 processes see the same puzzles."""
+    first = step * prompts_per_step * world_size + rank * prompts_per_step
+    return data_order(first, prompts_per_step, num_prompts, seed)
+
+
+def data_order(first: int, count: int, num_prompts: int, seed: int) -> list[int]:
+    """Dataset rows at positions [first, first + count) of the data order: epoch after epoch, a
+    permutation of the dataset seeded with derive_seed(seed, epoch)."""
     indices = []
-    for position in range(first, first + prompts_per_step):
+    for position in range(first, first + count):
         epoch, offset = divmod(position, num_prompts)
         generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
         order = torch.randperm(num_prompts, generator=generator)

@@ -19,6 +19,12 @@ Here no answer is ever executed:
   write `55 + 36 - 7 - 19 = 65`; Mini-R1's prompt example has no `=`, its reward gave that 0.0).
 * The answer is the single `<answer>…</answer>` of the message (`tags.extract_answer`); two
   answers or none give 0.0.
+
+`countdown_numbers_reward` is shaping, not accuracy: how much of a well-formed answer is made of
+the puzzle's numbers, whatever its value. A small model first writes equations over numbers of its
+own (`1 + 3 = 4`), which the strict reward scores 0 in every group, so GRPO has nothing to
+compare; credit for using the given numbers is the step before solving (TinyZero gives 0.1 for a
+well-formed wrong answer). Reported accuracy is always `countdown_reward`'s.
 """
 
 from __future__ import annotations
@@ -148,6 +154,34 @@ def score_countdown(message: str, nums, target) -> float:
     except ExpressionError:
         return 0.0
     return 1.0 if value == target else 0.0
+
+
+def score_numbers(message: str, nums) -> float:
+    """Multiset overlap of the answer's numbers with `nums`, over the larger of the two counts:
+    1.0 when the answer uses exactly the puzzle's numbers, 0.0 unless the answer (the part before
+    an `=`) is a well-formed expression."""
+    nums = _as_ints(nums, "nums")
+    answer = extract_answer(message)
+    if answer is None or len(answer) > MAX_ANSWER_CHARS:
+        return 0.0
+    try:
+        tokens = tokenize(answer.partition("=")[0])
+        _Parser(tokens).parse()
+    except ExpressionError:
+        return 0.0
+    literals = [t for t in tokens if isinstance(t, int)]
+    remaining, shared = list(nums), 0
+    for literal in literals:
+        if literal in remaining:
+            remaining.remove(literal)
+            shared += 1
+    return shared / max(len(literals), len(nums))
+
+
+def countdown_numbers_reward(completions: list[str], nums: list) -> list[float]:
+    """Shaping: how much of each answer is built from its puzzle's numbers (`score_numbers`)."""
+    _check_completions(completions, nums=nums)
+    return [score_numbers(text, row_nums) for text, row_nums in zip(completions, nums)]
 
 
 def countdown_reward(completions: list[str], nums: list, target: list) -> list[float]:

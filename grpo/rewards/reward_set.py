@@ -320,6 +320,23 @@ def _check_values(raw, name: str, n: int) -> list:
     return values
 
 
+def join_outputs(outputs: Sequence[RewardOutput]) -> RewardOutput:
+    """Several calls' outputs as one, their rows in order (a step that sampled in rounds).
+    Means and stds are over all the rows; errors and timeouts add up."""
+    total = torch.cat([o.total for o in outputs])
+    per_function = {name: torch.cat([o.per_function[name] for o in outputs])
+                    for name in outputs[0].per_function}
+    metrics = {}
+    for name, rewards in per_function.items():
+        rewards = rewards.double()
+        metrics.update(_stats(f"rewards/{name}", rewards[~torch.isnan(rewards)]))
+        for count in ("errors", "timeouts"):
+            key = f"rewards/{name}/{count}"
+            metrics[key] = sum(o.metrics[key] for o in outputs)
+    metrics.update(_stats("rewards/total", total.double()))
+    return RewardOutput(total, per_function, metrics)
+
+
 def _stats(prefix: str, values: Tensor) -> dict[str, float]:  # values: [M] float64
     if values.numel() == 0:
         return {}

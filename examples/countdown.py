@@ -26,7 +26,8 @@ from pathlib import Path
 from grpo import from_config
 from grpo.cli import parse_config
 from grpo.data import TEMPLATES, build_prompts, countdown_splits
-from grpo.rewards import RewardSet, countdown_reward, format_reward, partial_format_reward
+from grpo.rewards import (OverlongPenalty, RewardSet, countdown_numbers_reward, countdown_reward,
+                          format_reward, partial_format_reward)
 from grpo.tracking import read_metrics
 from grpo.trainer import GRPOTrainer
 
@@ -60,8 +61,13 @@ def main(argv: list[str]) -> None:
     #    The CPU default adds partial_format (0.2 per rule of the format kept): a 135M model
     #    almost never writes the whole format at first, and GRPO learns nothing from a group
     #    whose rewards are all equal.
+    #    countdown_numbers is shaping (credit for building the answer from the puzzle's
+    #    numbers); overlong is DAPO's length penalty near max_completion_length.
     available = {"format": format_reward, "partial_format": partial_format_reward,
-                 "countdown": countdown_reward}
+                 "countdown": countdown_reward, "countdown_numbers": countdown_numbers_reward,
+                 "overlong": OverlongPenalty(config.max_completion_length,
+                                             config.overlong_buffer
+                                             or max(1, config.max_completion_length // 4))}
     if unknown := sorted(set(config.rewards) - set(available)):
         print(f"error: rewards {unknown} do not apply to Countdown; use {sorted(available)}",
               file=sys.stderr)

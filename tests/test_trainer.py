@@ -59,7 +59,11 @@ def test_prompt_order_is_a_permutation_per_epoch_and_the_same_for_any_world_size
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    config = dict(SMALL, max_steps=4, save_steps=2, save_total_limit=3)
+    # Dynamic sampling on: groups tie unless the target is a multiple of 4 (targets in the data
+    # order of seed 3: 16 28 | 18 12 | 10 10 | 17 16 | 19 14 ...), so some steps read extra rounds of prompts and
+    # the resumed run must continue from where the data order was, not from 2 prompts a step.
+    config = dict(SMALL, max_steps=4, save_steps=2, save_total_limit=3, dynamic_sampling=True,
+                  dynamic_sampling_max_rounds=2)
     # 1. The uninterrupted run.
     assert _run(config, tmp_path / "a").wait(timeout=600) == 0
     # 2. The same run, SIGKILLed while it trains step 3 (right after checkpoint-2 is published)...
@@ -77,6 +81,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     a, b = _metrics_without_timing(tmp_path / "a"), _metrics_without_timing(tmp_path / "b")
     assert [r["step"] for r in a] == [1, 2, 3, 4] and a == b
+    assert any(r["dynamic_sampling/rounds"] > 1 for r in a[2:])  # after the resume point
     assert all(r["skipped_zero_advantage"] == 0 and r["grad_norm"] > 0 for r in a)
     wa = load_file(tmp_path / "a" / "checkpoint-4" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "checkpoint-4" / "model.safetensors")
@@ -185,3 +190,40 @@ def test_splitmix64_matches_the_reference_generator():
     assert splitmix64(0) == 0xE220A8397B1DCDAF
     assert [splitmix64((1234567 + i * gamma) & mask) for i in range(3)] == [
         6457827717110365317, 3203168211198807973, 9817491932198370423]
+
+
+@pytest.mark.slow
+def test_two_zero3_ranks_needing_different_rounds_both_finish(tmp_path):
+    """Dynamic sampling with two DeepSpeed ZeRO-3 ranks (torchrun, gloo, HF sampler): one rank
+    full after a round samples nothing more while the other samples on, both agree on the number
+    of rounds, and both reach every train step (whose ZeRO-3 collectives would otherwise hang)."""
+    out = tmp_path / "run"
+    config = dict(SMALL, engine="deepspeed", zero_stage=3, sampler="hf", max_steps=3,
+                  per_device_train_batch_size=2, save_steps=0, dynamic_sampling=True,
+                  dynamic_sampling_max_rounds=2, output_dir=str(out))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(config))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRPO_TEST_CALLS": str(tmp_path)}
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_port()),
+                           str(Path(__file__).parent / "trainer_worker.py"), "--config",
+                           str(recipe)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    calls = [json.loads((tmp_path / f"calls_rank{r}.json").read_text()) for r in (0, 1)]
+    rows = [r for r in read_metrics(out) if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # Targets in the data order of seed 3: 16 28 | 18 12 | 10 10 | 17 16 | 19 14 ..., rank r
+    # reading the r-th of each pair; a group has signal when the target is a multiple of 4.
+    # Step 2: rank 1 is full after one round (12), rank 0 samples 18, 10, 17 and stays short.
+    # Every call samples the rank's 1 prompt; each step read rounds * 2 prompts.
+    rounds = [r["dynamic_sampling/rounds"] for r in rows]
+    assert rounds[:2] == [1, 3] and set(calls[0]) == set(calls[1]) == {1}
+    assert len(calls[0]) >= len(calls[1]) + 2 and len(calls[0]) <= sum(rounds)
+    assert [r["dynamic_sampling/prompts"] for r in rows] == [2 * n for n in rounds]
+
+
+def _port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

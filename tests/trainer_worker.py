@@ -1,21 +1,33 @@
-"""A trainer run in its own process (so a test can SIGKILL it), with a reward that varies.
+"""A trainer run in its own process (so a test can SIGKILL it, or torchrun can start two), with a
+reward that varies.
 
 The base model almost never writes the R1 format in 16 tokens, so the built-in rewards are all 0
-there and every step would be skipped; this dense reward (the share of digits in the completion)
-gives every group some variance, so the resume test checks steps that really train.
+there and every step would be skipped; this dense reward (the completion's length in characters)
+gives a group variance for puzzles whose target is a multiple of 4 and ties every other group, so
+dynamic sampling has groups to set aside. With GRPO_TEST_CALLS=dir each rank writes the prompts
+of its sample calls, per step, to dir/calls_rank<r>.json.
 """
 
+import json
+import os
 import sys
+from pathlib import Path
 
 from grpo.config import GRPOConfig
 from grpo.rewards import RewardSet, format_reward
 from grpo.trainer import GRPOTrainer
 
 
-def digit_share(completions: list[str]) -> list[float]:
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+def length_if_target_divisible_by_4(completions: list[str], target: list) -> list[float]:
+    return [len(c) / 100 if int(t) % 4 == 0 else 0.0 for c, t in zip(completions, target)]
 
 
 if __name__ == "__main__":
     config = GRPOConfig.from_args(sys.argv[1:])
-    GRPOTrainer(config, reward_set=RewardSet([format_reward, digit_share])).train()
+    trainer = GRPOTrainer(config, reward_set=RewardSet([format_reward, length_if_target_divisible_by_4]))
+    calls, sample = [], trainer.sampler.sample
+    trainer.sampler.sample = lambda prompts, **kw: calls.append(len(prompts)) or sample(prompts, **kw)
+    trainer.train()
+    if os.environ.get("GRPO_TEST_CALLS"):
+        path = Path(os.environ["GRPO_TEST_CALLS"]) / f"calls_rank{trainer.rank}.json"
+        path.write_text(json.dumps(calls))

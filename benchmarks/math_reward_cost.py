@@ -5,11 +5,13 @@
 Each answer is scored alone, `<answer>…</answer>`-wrapped, against `--reference`, with the
 reward's caches cleared and a full garbage collection first (else the collection the process owes,
 ~0.1 s here, lands on whichever answer triggers it), timed with `time.process_time` (this process's
-CPU, so other load on the machine does not count). The process is warmed once on ordinary answers
-first, as in training; pass 1 then meets every adversarial shape for the first time (ANTLR's
-prediction tables are cold for it), later passes see the same shapes again. "random shapes" are
-answers only the LaTeX grammar reads, in shapes the process has most likely not met. Prints a table
-per category (max and median) and the slowest answers; the target is at most 0.2 s per completion.
+CPU, so other load on the machine does not count). First it times the LaTeX grammar's warm-up
+(math_grammar.WARM_UP, paid once per process at the grammar's first use), then warms the process
+on ordinary answers, as in training; pass 1 then meets every adversarial shape for the first time
+(none is in WARM_UP: ANTLR's prediction tables are cold for it), later passes see the same shapes
+again. "random shapes" are answers only the LaTeX grammar reads, in shapes the process has most
+likely not met. Prints a table per category (max and median) and the slowest answers; the target
+is at most 0.2 s per completion.
 """
 
 from __future__ import annotations
@@ -114,6 +116,15 @@ def main() -> None:
     parser.add_argument("--reference", default="1")
     parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args()
+    import latex2sympy2_extended.latex2sympy2  # noqa: F401  (imports sympy: not the warm-up)
+
+    from grpo.rewards.math_grammar import WARM_UP, _tables
+
+    assert not set(WARM_UP) & {text for answers in ADVERSARIAL.values() for text in answers}
+    start = time.process_time()
+    _tables()
+    print(f"grammar warm-up: {time.process_time() - start:.2f} s CPU ({len(WARM_UP)} texts, "
+          "once per process)")
     measure(ORDINARY, args.reference)  # imports, and the caches a training run has warm
     measure(["x^2+2x+1"], "(x+1)^2")  # sympy's first simplify imports sympy.physics: 0.25 s
     every = []

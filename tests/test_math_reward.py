@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpo.rewards import math_answer, math_reward
-from grpo.rewards import math_reader
+from grpo.rewards import math_grammar, math_reader
 from grpo.rewards.math_answer import is_math_equal
 from grpo.rewards.math_reader import MAX_BITS, Reader
 
@@ -32,10 +32,13 @@ def answer(text: str) -> str:
 
 
 @pytest.fixture
-def unhurried_grammar(monkeypatch):
-    """What is equal, cost apart: the first time a process meets a shape, the LaTeX grammar may run
-    out of MAX_GRAMMAR_SECONDS and score 0.0 (test_grammar_budget_scores_zero_now_...)."""
-    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_SECONDS", math.inf)
+def unbounded_grammar(monkeypatch):
+    """What is equal, cost apart: without MAX_GRAMMAR_STEPS, which gives 0.0 to some right answers
+    in shapes far from math_grammar.WARM_UP."""
+    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_STEPS", math.inf)
+    math_answer._read.cache_clear()
+    yield
+    math_answer._read.cache_clear()
 
 
 # --- the differential test ---------------------------------------------------------------------
@@ -171,7 +174,7 @@ def test_differential_three_styles():
     differential(seed=0, count=3000)
 
 
-@pytest.mark.usefixtures("unhurried_grammar")
+@pytest.mark.usefixtures("unbounded_grammar")
 def test_reader_agrees_with_the_latex_grammar(monkeypatch):
     # the fast path against the naive one: LaTeX-style expressions read by math-verify's grammar
     # (which the reader spares them) must score the same
@@ -209,21 +212,57 @@ def test_reader_reads_subscripts_and_lists_as_the_latex_grammar(text):
     assert Reader(text).read() == _Latex2Sympy(is_real=True).parse(text).doit()
 
 
-def test_grammar_budget_scores_zero_now_and_is_not_cached(monkeypatch):
-    # a fresh process's ANTLR prediction tables (shared by all parsers, filled as shapes are met)
-    from antlr4.dfa.DFA import DFA
-    from latex2sympy2_extended.gen.antlr4_13_2.PSParser import PSParser
+def charged_steps(text: str) -> int:
+    """The closure steps math_grammar charges for parsing `text` (budget: none)."""
+    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
 
-    cold = [DFA(state, i) for i, state in enumerate(PSParser.atn.decisionToState)]
-    monkeypatch.setattr(PSParser, "decisionsToDFA", cold)
-    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_SECONDS", 0.0)  # no time to build any table
+    parser = math_grammar.bound(_Latex2Sympy(is_real=True).create_parser(text), math.inf)
+    parser.math()
+    return parser._interp.steps
+
+
+def test_grammar_charge_depends_on_the_text_alone():
+    # the warm-up's table entries are free; an entry filled later is charged to every parse that
+    # uses it, so a new shape costs the same at its first parse, its second and after others
+    assert [charged_steps(text) for text in math_grammar.WARM_UP] == [0] * len(math_grammar.WARM_UP)
+    text = "\\cos(\\tan(|x|!))"
+    first = charged_steps(text)
+    for other in ["\\{\\tan(|y|!), 3\\}", "\\cos(\\tan(|z|!)) + 1", text]:
+        charged_steps(other)
+    assert first > 0 and charged_steps(text) == first
+
+
+def test_grammar_budget_is_exact_and_every_time(monkeypatch):
+    text = "\\cos(|\\frac{\\pi}{3}| \\cdot 1!)"  # cos(pi/3) = 1/2, a shape WARM_UP lacks
+    cost = charged_steps(text)
+    assert cost > 0
+    for budget, expected in [(cost - 1, 0.0), (cost - 1, 0.0), (cost, 1.0), (cost - 1, 0.0)]:
+        monkeypatch.setattr(math_answer, "MAX_GRAMMAR_STEPS", budget)
+        math_answer._read.cache_clear()
+        assert math_reward([answer(text)], answer=["1/2"]) == [expected]
     math_answer._read.cache_clear()
-    math_answer._read_reference.cache_clear()
-    # the reference is read without the budget; the answer, a shape not met yet, runs out of it
-    assert math_reward([answer("1/2"), answer("\\cos(\\pi/3)")],
-                       answer=["\\sin(\\pi/6)", "1/2"]) == [1.0, 0.0]
-    monkeypatch.setattr(math_answer, "MAX_GRAMMAR_SECONDS", math.inf)
-    assert math_reward([answer("\\cos(\\pi/3)")], answer=["1/2"]) == [1.0]  # not cached as 0.0
+
+
+def _wrapped(inner):
+    return st.one_of(*(st.builds(form.format, inner, inner) for form in [
+        "\\sin({})", "\\log({}){}", "|{}|", "({})!", "\\frac{{{}}}{{{}}}", "{} + {}", "{}^{{{}}}",
+        "{} \\cdot {}", "({}, {})", "\\{{{}, {}\\}}", "{} < {}", "{}_{{{}}}"]))
+
+
+GRAMMAR_SHAPES = st.recursive(st.sampled_from(["x", "2", "\\pi", "x_{1}", "e"]), _wrapped,
+                              max_leaves=10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(GRAMMAR_SHAPES, min_size=2, max_size=6))
+def test_what_the_grammar_reads_does_not_depend_on_what_it_read_before(texts):
+    # a budget that often bites: a text over it reads as None whatever the process parsed before
+    reads = []
+    for order in (texts, texts[::-1]):
+        math_answer._read.cache_clear()
+        reads.append({text: math_answer._read(text, 2_000) for text in order})
+    math_answer._read.cache_clear()
+    assert reads[0] == reads[1]
 
 
 @pytest.mark.slow
@@ -287,7 +326,6 @@ def test_differential_three_styles_large():
     ("x^2+2x+1", "(x+1)^2", 1.0), ("x^2+1", "(x+1)^2", 0.0), ("2y+1", "2x+1", 0.0),
     ("2^{x}", "2^x", 1.0), ("2**3**x", "2^{3^x}", 1.0),
 ])
-@pytest.mark.usefixtures("unhurried_grammar")
 def test_math_reward_hand_cases(text, reference, expected):
     assert math_reward([answer(text)], answer=[reference]) == [expected]
 
@@ -345,7 +383,6 @@ def test_adversarial_answers_score_zero(text):
     ("2^{10000}", "2^{10000}"), ("3**2**3", "6561"), ("1000!", "1000!"), ("5!", "120"),
     ("(10^{30})^{10}", "10^{300}"), ("9" * 40, "9" * 40), ("-" * 10 + "1", "1"),
 ])
-@pytest.mark.usefixtures("unhurried_grammar")
 def test_large_but_bounded_answers_score_right(text, reference):
     assert math_reward([answer(text)], answer=[reference]) == [1.0]
 

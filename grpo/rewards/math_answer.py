@@ -32,12 +32,13 @@ Cost is bounded without signals (math-verify's `signal.alarm` works only in the 
 (math-verify compares sets slowly) and for what the grammar reads; 0.0 for a power or factorial
 whose exact value could exceed math_reader's `MAX_BITS` bits (towers, `10^{10^{10}}`, `10000!`),
 and for integrals, sums, products, limits and derivatives. The grammar (ANTLR, in SLL mode) costs
-about a millisecond a token on shapes the process has met, but builds prediction tables the first
-time it meets one, at 5-50 ms a table state. `MAX_GRAMMAR_SECONDS` (off: inf) can bound that per
-answer in its thread's CPU: past it the answer scores 0.0, uncached; a right answer may then score
-0.0 the first time its shape is met, and the score depends on the machine's speed and on what the
-process met before, so it is off by default (scores stay reproducible). References are never
-bounded. CPU per answer: benchmarks/math_reward_cost.py.
+about a millisecond a token on shapes it has met, but fills prediction tables the first time it
+meets one, at 5-150 ms a table entry; grpo/rewards/math_grammar.py fills them once per process
+from a fixed corpus (about 2 s) and charges each answer the closure steps of the entries it needs
+beyond that corpus: past `MAX_GRAMMAR_STEPS` the answer scores 0.0. The charge depends on the
+answer alone, not on the machine's speed nor on what the process met before, so scores are
+reproducible; a right answer in a shape far from the corpus can score 0.0, every time. References
+are never bounded. CPU per answer: benchmarks/math_reward_cost.py.
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ import functools
 import math
 import re
 import threading
-import time
 
+from grpo.rewards.math_grammar import bound
 from grpo.rewards.math_reader import MAX_BITS, Outside, Reader, bits
 from grpo.rewards.tags import ANSWER_CLOSE, ANSWER_OPEN, _check_completions, extract_answer
 
 MAX_ANSWER_CHARS = 300
 MAX_LATEX_CHARS = 100
-MAX_GRAMMAR_SECONDS = math.inf  # e.g. 0.05: every answer under 0.2 s, some first-sight misses
+MAX_GRAMMAR_STEPS = 12_000  # closure steps beyond math_grammar.WARM_UP: ~10 us each here
 MAX_DEPTH = 6
 MAX_DIGITS = 40
 
@@ -125,10 +126,9 @@ def _too_costly_to_parse(text: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)  # a group's completions often repeat an answer
-def _read(text: str, seconds: float):
+def _read(text: str, steps: float):
     """`text` as an exact sympy value; None when it does not read whole as math or could be
-    costly (it reads model output). TimeoutError, not cached, when the LaTeX grammar needs more
-    than `seconds` of this thread's CPU to build its prediction tables for `text`."""
+    costly (it reads model output), the LaTeX grammar's cost included: `steps` (math_grammar)."""
     import sympy
     from latex2sympy2_extended.latex2sympy2 import (NormalizationConfig, comma_number_regex,
                                                     normalize_latex)
@@ -153,41 +153,27 @@ def _read(text: str, seconds: float):
         return None
     text = _JUXTAPOSED.sub(r"\\cdot ", text.replace("**", "^"))  # latex2sympy reads 2(3) as 2+3
     converter = _latex2sympy()(is_real=not should_treat_as_complex(text))  # outside: fail loudly
-    converter.seconds = seconds
+    converter.steps = steps
     try:
         expr = converter.parse(text)
         if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)) or bits(expr) > MAX_BITS:
             return None
         expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
         return expr.doit() if isinstance(expr, sympy.Expr) else expr  # cheap: its size is bounded
-    except TimeoutError:
-        raise
-    except Exception:  # the grammar's error listener raises plain Exception on a syntax error
+    except Exception:  # OverBudget; the grammar's error listener raises Exception on bad syntax
         return None
 
 
 @functools.cache
 def _latex2sympy():
-    """latex2sympy's converter with ANTLR in SLL mode (what SLL cannot parse gives 0.0) that
-    raises TimeoutError once the parser's prediction has taken `seconds` of this thread's CPU."""
-    from antlr4.atn.PredictionMode import PredictionMode
+    """latex2sympy's converter, its parser bounded by math_grammar (SLL mode, a step budget)."""
     from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
 
     class BoundedLatex2Sympy(_Latex2Sympy):
-        seconds = math.inf
+        steps = math.inf
 
         def create_parser(self, latex_str):
-            parser = super().create_parser(latex_str)
-            parser._interp.predictionMode = PredictionMode.SLL
-            compute, deadline = parser._interp.computeTargetState, time.thread_time() + self.seconds
-
-            def bounded(*args):  # a new state of ANTLR's prediction tables: up to ~50 ms
-                if time.thread_time() >= deadline:
-                    raise TimeoutError("LaTeX grammar: prediction over its CPU budget")
-                return compute(*args)
-
-            parser._interp.computeTargetState = bounded
-            return parser
+            return bound(super().create_parser(latex_str), self.steps)
 
     return BoundedLatex2Sympy
 
@@ -212,10 +198,7 @@ def is_math_equal(prediction: str, reference: str) -> bool:
     sides = [prediction] if "=" in reference else _undress(prediction).split("=")
     if len(sides) > 1 and _LONE_NAME.fullmatch(sides[0]):
         sides = sides[1:]  # `x = 2`: the value is the right side
-    try:
-        return all(_equal(gold, _read(side, MAX_GRAMMAR_SECONDS)) for side in sides)
-    except TimeoutError:  # a shape the grammar has not met yet, too costly to learn now
-        return False
+    return all(_equal(gold, _read(side, MAX_GRAMMAR_STEPS)) for side in sides)
 
 
 def _equal(gold, pred) -> bool:

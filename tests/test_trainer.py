@@ -216,9 +216,17 @@ def test_two_zero3_ranks_needing_different_rounds_both_finish(tmp_path):
     # reading the r-th of each pair; a group has signal when the target is a multiple of 4.
     # Step 2: rank 1 is full after one round (12), rank 0 samples 18, 10, 17 and stays short.
     # Every call samples the rank's 1 prompt; each step read rounds * 2 prompts.
+    from grpo.seeds import derive_seed
+
     rounds = [r["dynamic_sampling/rounds"] for r in rows]
-    assert rounds[:2] == [1, 3] and set(calls[0]) == set(calls[1]) == {1}
-    assert len(calls[0]) >= len(calls[1]) + 2 and len(calls[0]) <= sum(rounds)
+    assert rounds[:2] == [1, 3] and {n for n, _ in calls[0] + calls[1]} == {1}
+
+    def rounds_sampled(rank: int, step: int) -> int:  # round k draws derive_seed(3, step, rank, k)
+        seeds = {seed for _, seed in calls[rank]}
+        return sum(derive_seed(3, step, rank, *([k] if k else [])) in seeds for k in range(3))
+
+    assert [rounds_sampled(0, 1), rounds_sampled(1, 1)] == [3, 1]
+    assert all(rounds_sampled(r, s) <= rounds[s] for r in (0, 1) for s in range(3))
     assert [r["dynamic_sampling/prompts"] for r in rows] == [2 * n for n in rounds]
 
 

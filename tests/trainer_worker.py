@@ -4,8 +4,8 @@ reward that varies.
 The base model almost never writes the R1 format in 16 tokens, so the built-in rewards are all 0
 there and every step would be skipped; this dense reward (the completion's length in characters)
 gives a group variance for puzzles whose target is a multiple of 4 and ties every other group, so
-dynamic sampling has groups to set aside. With GRPO_TEST_CALLS=dir each rank writes the prompts
-of its sample calls, per step, to dir/calls_rank<r>.json.
+dynamic sampling has groups to set aside. With GRPO_TEST_CALLS=dir each rank writes the number
+of prompts and the seed of each of its sample calls to dir/calls_rank<r>.json.
 """
 
 import json
@@ -26,7 +26,8 @@ if __name__ == "__main__":
     config = GRPOConfig.from_args(sys.argv[1:])
     trainer = GRPOTrainer(config, reward_set=RewardSet([format_reward, length_if_target_divisible_by_4]))
     calls, sample = [], trainer.sampler.sample
-    trainer.sampler.sample = lambda prompts, **kw: calls.append(len(prompts)) or sample(prompts, **kw)
+    trainer.sampler.sample = lambda prompts, **kw: calls.append(
+        [len(prompts), kw.get("seed")]) or sample(prompts, **kw)
     trainer.train()
     if os.environ.get("GRPO_TEST_CALLS"):
         path = Path(os.environ["GRPO_TEST_CALLS"]) / f"calls_rank{trainer.rank}.json"

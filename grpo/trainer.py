@@ -162,7 +162,7 @@ class GRPOTrainer:
             if rounds == max_rounds or not self._any_rank_short(len(signal) < need):
                 break
         self.prompts_consumed += rounds * need * self.world_size
-        if len(parts) == 1 and len(signal) + len(tied) == need:
+        if len(parts) == 1:
             everything, joined = parts[0], outputs[0]
         else:
             everything, joined = Rollouts.cat(parts), join_outputs(outputs)

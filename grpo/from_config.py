@@ -77,8 +77,9 @@ def engine(config: GRPOConfig, path: str):
     from grpo.engine import DeepSpeedEngine, TorchEngine
 
     if config.engine == "torch":
-        return TorchEngine(path, config.step_settings())
-    return DeepSpeedEngine(path, config.step_settings(), config.zero_settings())
+        return TorchEngine(path, config.step_settings(), lora=config.lora_settings())
+    return DeepSpeedEngine(path, config.step_settings(), config.zero_settings(),
+                           lora=config.lora_settings())
 
 
 def sampler(config: GRPOConfig, path: str):

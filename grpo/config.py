@@ -238,6 +238,9 @@ class GRPOConfig:
                   f"{len(self.rewards)}: {self.rewards}")
         self.step_settings(), self.zero_settings()  # their own checks, each naming its field
         self.lora_settings()
+        check(not (self.lora_r and self.lora_sync == "adapter" and self.sampler == "hf"),
+              "lora_sync='adapter' needs sampler='vllm' (the hf sampler takes whole weights); "
+              "set lora_sync='merged'")
 
     def step_settings(self) -> StepSettings:
         """What the engines take: the fields of the same name, the warmup in steps, and

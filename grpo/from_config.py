@@ -97,4 +97,5 @@ def sampler(config: GRPOConfig, path: str):
         enforce_eager=config.vllm_enforce_eager,
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         enable_sleep_mode=config.vllm_enable_sleep_mode,
-        max_model_len=config.max_prompt_length + config.max_completion_length)
+        max_model_len=config.max_prompt_length + config.max_completion_length,
+        max_lora_rank=config.lora_r if config.lora_r and config.lora_sync == "adapter" else None)

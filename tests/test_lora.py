@@ -181,3 +181,16 @@ def test_lora_config_fields_reach_the_settings():
     assert LoraSettings(lora_r=4).peft_config().target_modules == "all-linear"
     with pytest.raises(ValueError, match="lora_sync must be one of"):
         GRPOConfig(lora_sync="full")
+    with pytest.raises(ValueError, match="lora_sync='adapter' needs sampler='vllm'"):
+        GRPOConfig(lora_r=8, sampler="hf")
+    GRPOConfig(lora_r=8, sampler="hf", lora_sync="merged")  # the hf sampler takes whole weights
+
+
+def test_export_refuses_a_directory_without_an_adapter(tiny_model, tmp_path, capsys):
+    from grpo.export import adapter_base, export_merged, main
+
+    assert adapter_base(tiny_model) is None
+    with pytest.raises(FileNotFoundError, match="holds no LoRA adapter"):
+        export_merged(tiny_model, tmp_path / "out")
+    with pytest.raises(SystemExit, match="error: .* holds no LoRA adapter"):
+        main([tiny_model, str(tmp_path / "out")])

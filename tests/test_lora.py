@@ -182,8 +182,8 @@ def test_lora_config_fields_reach_the_settings():
     with pytest.raises(ValueError, match="lora_sync must be one of"):
         GRPOConfig(lora_sync="full")
     with pytest.raises(ValueError, match="lora_sync='adapter' needs sampler='vllm'"):
-        GRPOConfig(lora_r=8, sampler="hf")
-    GRPOConfig(lora_r=8, sampler="hf", lora_sync="merged")  # the hf sampler takes whole weights
+        GRPOConfig(lora_r=8, sampler="hf", lora_sync="adapter")
+    assert GRPOConfig(lora_r=8, sampler="hf").lora_sync == "merged"  # the default works with hf
 
 
 def test_export_refuses_a_directory_without_an_adapter(tiny_model, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""GRPOTrainer with LoRA end to end (vLLM CPU build with the adapter synced each step,
+"""GRPOTrainer with LoRA end to end (vLLM CPU build with only the adapter synced each step,
 TorchEngine, packaged SmolLM2, the dense reward of tests/trainer_worker.py): the reward rises,
 a SIGKILLed run resumes exactly, and the checkpoint is a PEFT adapter that exports to a plain
 Hugging Face model."""
@@ -17,7 +17,7 @@ from test_trainer import SMALL, _metrics_without_timing, _run
 # LoRA's learning rate (full fine-tuning here uses 1e-5); beta > 0: the reference is the base
 # model with the adapter off. One thread: on a shared 2-core machine 2 threads ran 5-10x slower.
 LORA = dict(SMALL, lora_r=8, learning_rate=2e-3, beta=0.04, max_steps=4, save_steps=2,
-            save_total_limit=3)
+            save_total_limit=3, lora_sync="adapter")  # the adapter path (merged is the default)
 
 
 @pytest.mark.slow

@@ -34,6 +34,12 @@ class Engine(Protocol):
         """Full (unsharded) weights, one tensor at a time, for sampler.load_weights (with LoRA:
         the base model's names, adapted weights merged)."""
 
+    def adapter_weights(self) -> dict[str, Tensor]:
+        """With LoRA: the adapter, PEFT's file names, for sampler.load_adapter (collective)."""
+
+    def adapter_config(self) -> dict:
+        """With LoRA: the adapter's adapter_config.json content."""
+
     def save(self, directory: str) -> None: ...
 
     def load(self, directory: str) -> None: ...

@@ -60,9 +60,6 @@ class AdapterDisabled:
         with self.peft_model.disable_adapter():
             return self.policy(*args, **kwargs)
 
-    def eval(self):  # the policy's train/eval mode is the engine's to set
-        return self
-
 
 def adapter_parameters(peft_model) -> dict[str, torch.nn.Parameter]:
     """The adapter's live parameters under the names PEFT's adapter file uses (peft's own

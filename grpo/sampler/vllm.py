@@ -205,7 +205,8 @@ class VLLMSampler:
 
         The whole state dict is collected first and reloaded in one call, then the prefix cache
         is reset (cached KV was computed by the old weights). With tied embeddings the
-        embedding is also sent as `lm_head.weight`; dtypes are converted to the engine's.
+        embedding is also sent as `lm_head.weight`; dtypes are converted to the engine's. An
+        adapter loaded with `load_adapter` stays on top of the new weights.
         """
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before load_weights()")

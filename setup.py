@@ -16,6 +16,7 @@ BASE = [
     "gguf",  # reads the packaged SmolLM2 GGUF file into a Hugging Face directory
     "matplotlib",  # examples/countdown.py draws the reward and length curves
     "math-verify>=0.9",  # grpo.rewards.math_reward: answer equivalence (pulls sympy, antlr4)
+    "peft",  # LoRA adapters (grpo.engine.lora); 0.21.2 verified with transformers 5.19
 ]
 
 setup(

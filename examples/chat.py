@@ -2,6 +2,7 @@
 
     python examples/chat.py                          # the packaged SmolLM2-135M-Instruct
     python examples/chat.py --model runs/x/checkpoint-200 --temperature 0.6
+    python examples/chat.py --model runs/x/checkpoint-200   # a LoRA checkpoint: base + adapter
 
 Each question is rendered like a training prompt: Mini-R1's system prompt, the question as the
 user turn, and the assistant turn prefilled with "Let me solve this step by step.\\n<think>"
@@ -15,6 +16,8 @@ link) must be asked for. Questions longer than `--max-input-chars` get a message
 generation. Generation stops at "</answer>". One question is answered at a time (vLLM's `LLM` is
 not thread-safe); the page is a form, not a multi-turn chat, because the prompts were trained
 single-turn. No streaming: vLLM's offline `LLM` returns whole completions, shown when done.
+A LoRA checkpoint (adapter_config.json inside) is served as its base model plus the adapter
+through vLLM's LoRA support; `python -m grpo.export` writes a merged copy instead.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 from grpo.data import R1_PREFILL as PREFILL, R1_SYSTEM as SYSTEM_PROMPT  # noqa: E402
+from grpo.export import adapter_base  # noqa: E402
 from grpo.models import resolve_model  # noqa: E402
 STOP = ["</answer>"]
 
@@ -99,14 +103,24 @@ class Chat:
     """One vLLM engine behind a callable that turns a question into the page's three outputs."""
 
     def __init__(self, model_path: str, max_tokens: int, temperature: float, top_p: float,
-                 max_input_chars: int, seed: int, kv_cache_gb: float, enforce_eager: bool):
+                 max_input_chars: int, seed: int, kv_cache_gb: float, enforce_eager: bool,
+                 adapter: str | None = None):
+        """`adapter`: a LoRA checkpoint directory served on top of `model_path` (its base)."""
+        import json
+
+        from safetensors.torch import load_file
+
         from grpo.sampler import VLLMSampler
 
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text()) if adapter else {}
         # group_size=2 only satisfies the sampler's GRPO check; every call asks for 1 completion.
         self.sampler = VLLMSampler(model_path, group_size=2, max_tokens=max_tokens,
                                    temperature=temperature, top_p=top_p, seed=seed,
                                    kv_cache_memory_gb=kv_cache_gb, enforce_eager=enforce_eager,
-                                   stop=STOP)
+                                   stop=STOP, max_lora_rank=config.get("r"))
+        if adapter:
+            tensors = load_file(str(Path(adapter) / "adapter_model.safetensors"))
+            self.sampler.load_adapter(tensors.items(), config)
         self.max_input_chars = max_input_chars
         self.turn = 0  # a fresh seed per question, reproducible across restarts
 
@@ -155,7 +169,8 @@ def build_page(chat: Chat, model_name: str):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None,
-                   help="checkpoint directory or hub id (default: packaged SmolLM2-135M-Instruct)")
+                   help="checkpoint directory (full or LoRA) or hub id (default: packaged "
+                        "SmolLM2-135M-Instruct)")
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
     p.add_argument("--share", action="store_true",
                    help="also publish a public gradio.live link (anyone with it can query)")
@@ -184,14 +199,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     # Cheap checks first: loading the engine takes seconds to a minute.
     try:
-        model_path = resolve_model(args.model)
+        model_path, adapter = resolve_model(args.model), None
+        base = adapter_base(model_path)  # a LoRA checkpoint: serve its base + the adapter
+        if base is not None:
+            model_path, adapter = resolve_model(base), model_path
     except (FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
     if not port_is_free(args.port):
         sys.exit(f"error: port {args.port} on 127.0.0.1 is in use; pick another with --port")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     chat = Chat(model_path, args.max_tokens, args.temperature, args.top_p, args.max_input_chars,
-                args.seed, args.kv_cache_gb, args.enforce_eager)
+                args.seed, args.kv_cache_gb, args.enforce_eager, adapter)
     page = build_page(chat, args.model or "SmolLM2-135M-Instruct (packaged)")
     import gradio as gr
 

@@ -18,8 +18,8 @@ from typing import Literal
 from pathlib import Path
 
 from grpo.advantages import Scale
-from grpo.engine.settings import (Offload, Schedule, StepSettings, ZeroSettings, ZeroStage, check,
-                                  check_choice)
+from grpo.engine.settings import (LoraSettings, Offload, Schedule, StepSettings, ZeroSettings,
+                                  ZeroStage, check, check_choice)
 from grpo.loss import ImportanceSamplingLevel, KLEstimator, LossType, TISMode
 from grpo.rewards import NAMED_REWARDS
 
@@ -27,6 +27,7 @@ EngineName = Literal["torch", "deepspeed"]
 SamplerName = Literal["vllm", "hf"]
 ReportTo = Literal["tensorboard", "none"]
 VLLMDtype = Literal["auto", "float32", "bfloat16"]
+LoraSync = Literal["adapter", "merged"]
 
 
 @dataclass
@@ -154,7 +155,8 @@ class GRPOConfig:
     max_steps: int = 100
     """Optimizer steps (one sampled batch each)."""
     seed: int = 42
-    """Seeds the data order, the sampler (grpo.seeds.derive_seed(seed, step, rank)) and torch."""
+    """Seeds the data order, the sampler (grpo.seeds.derive_seed(seed, step, rank)) and a LoRA
+    adapter's initial A."""
 
     # --- engine ---
     engine: EngineName = "torch"
@@ -179,6 +181,25 @@ class GRPOConfig:
     most when per_device_train_batch_size is a multiple of num_generations; not taken under
     gradient_checkpointing (transformers drops the cache in checkpointed layers)."""
 
+    # --- lora ---
+    lora_r: int = 0
+    """LoRA rank (peft); 0: full fine-tuning. With LoRA only the adapter trains and sits in the
+    optimizer, and the KL reference is the base model (the adapter switched off), no second copy.
+    LoRA wants a larger learning_rate than full fine-tuning (1e-5 to 1e-4 where full uses 1e-6)."""
+    lora_alpha: float | None = None
+    """The adapter's update is B @ A * lora_alpha / lora_r; None: 2 * lora_r."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input; > 0 makes every policy forward random (old log-probs too)."""
+    lora_target_modules: list | None = None
+    """Module names to adapt, e.g. [q_proj, v_proj]; None: every linear layer of the transformer
+    blocks (peft's "all-linear": all but the output layer)."""
+    lora_sync: LoraSync = "merged"
+    """How the sampler gets the policy after each step: "merged" pushes the whole model with the
+    adapter merged in; "adapter" sends only the adapter (vLLM's LoRA support, a new adapter id
+    per step; vllm sampler only). Measured on the CPU recipe (benchmarks/RESULTS.md): adapter
+    sync takes 0.2 s instead of 1.3 s but vLLM decodes 1.85x slower with an adapter, so merged
+    is the default; adapter pays off where a whole-model push is costly (large models)."""
+
     # --- logging and checkpoints ---
     output_dir: str = "runs/countdown"
     """Checkpoints, TensorBoard logs, metrics.jsonl and completions.jsonl go here."""
@@ -199,7 +220,7 @@ class GRPOConfig:
 
     def __post_init__(self):
         hints = typing.get_type_hints(GRPOConfig)
-        for name in ("scale_rewards", "engine", "sampler", "report_to", "vllm_dtype"):
+        for name in ("scale_rewards", "engine", "sampler", "report_to", "vllm_dtype", "lora_sync"):
             check_choice(name, getattr(self, name), hints[name])
         for name in ("num_generations", "per_device_train_batch_size", "max_steps",
                      "gradient_accumulation_steps", "max_prompt_length", "max_completion_length",
@@ -236,6 +257,10 @@ class GRPOConfig:
                   f"reward_weights has {len(self.reward_weights)} entries but rewards has "
                   f"{len(self.rewards)}: {self.rewards}")
         self.step_settings(), self.zero_settings()  # their own checks, each naming its field
+        self.lora_settings()
+        check(not (self.lora_r and self.lora_sync == "adapter" and self.sampler == "hf"),
+              "lora_sync='adapter' needs sampler='vllm' (the hf sampler takes whole weights); "
+              "set lora_sync='merged'")
 
     def step_settings(self) -> StepSettings:
         """What the engines take: the fields of the same name, the warmup in steps, and
@@ -246,6 +271,10 @@ class GRPOConfig:
 
     def zero_settings(self) -> ZeroSettings:
         return ZeroSettings(**self._shared(ZeroSettings))
+
+    def lora_settings(self) -> LoraSettings:
+        """The lora_* fields, and `seed` for the adapter's initial A."""
+        return LoraSettings(**self._shared(LoraSettings))
 
     def _shared(self, settings: type) -> dict:
         names = {f.name for f in dataclasses.fields(self)}

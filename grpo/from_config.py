@@ -83,8 +83,9 @@ def engine(config: GRPOConfig, path: str):
     from grpo.engine import DeepSpeedEngine, TorchEngine
 
     if config.engine == "torch":
-        return TorchEngine(path, config.step_settings())
-    return DeepSpeedEngine(path, config.step_settings(), config.zero_settings())
+        return TorchEngine(path, config.step_settings(), lora=config.lora_settings())
+    return DeepSpeedEngine(path, config.step_settings(), config.zero_settings(),
+                           lora=config.lora_settings())
 
 
 def sampler(config: GRPOConfig, path: str):
@@ -102,4 +103,5 @@ def sampler(config: GRPOConfig, path: str):
         enforce_eager=config.vllm_enforce_eager,
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         enable_sleep_mode=config.vllm_enable_sleep_mode,
-        max_model_len=config.max_prompt_length + config.max_completion_length)
+        max_model_len=config.max_prompt_length + config.max_completion_length,
+        max_lora_rank=config.lora_r if config.lora_r and config.lora_sync == "adapter" else None)

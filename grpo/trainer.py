@@ -5,7 +5,7 @@
         rewards    = reward_set(prefill + completions, **columns)
         advantages = group_advantages(rewards.total, G)
         metrics    = engine.train_step(rollouts, advantages, loss_mask)
-        sampler.load_weights(engine.named_weights())
+        sampler.load_weights(engine.named_weights())   # LoRA: or load_adapter(the adapter)
 
 Everything the loop needs is derived from (config, step, prompts consumed): the prompts are read
 in the order of a seeded permutation per epoch, and the sampler is seeded with
@@ -101,7 +101,7 @@ class GRPOTrainer:
             with timer("time/sync"):
                 if c.vllm_enable_sleep_mode:
                     self.sampler.wake_up()
-                self.sampler.load_weights(self.engine.named_weights())
+                self._sync_policy()
 
             metrics = self._step_metrics(rollouts, rewards, advantages, train_metrics, timer,
                                          sampled)
@@ -273,10 +273,18 @@ class GRPOTrainer:
         self.engine.load(str(self.resume_dir))
         ckpt.set_rng_state(torch.load(self.resume_dir / f"rng_state_rank{self.rank}.pt",
                                       weights_only=False))
-        self.sampler.load_weights(self.engine.named_weights())
+        self._sync_policy()
         self.prompts_consumed = int(state.get(  # checkpoints of runs that read one round a step
             "prompts_consumed", state["step"] * self.config.prompts_per_step * self.world_size))
         return int(state["step"])
+
+    def _sync_policy(self) -> None:
+        """The sampler gets the new policy: the LoRA adapter alone, or every (merged) weight."""
+        if self.config.lora_r and self.config.lora_sync == "adapter":
+            self.sampler.load_adapter(self.engine.adapter_weights().items(),
+                                      self.engine.adapter_config())
+        else:
+            self.sampler.load_weights(self.engine.named_weights())
 
 
 def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,

@@ -26,9 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_batch import gradients, make_batch, rank_rows  # noqa: E402
 
 from grpo import distributed  # noqa: E402
-from grpo.engine import DeepSpeedEngine, StepSettings, TorchEngine, ZeroSettings  # noqa: E402
+from grpo.engine import (DeepSpeedEngine, LoraSettings, StepSettings, TorchEngine,  # noqa: E402
+                         ZeroSettings)
 
 LR = 1e-5
+LORA_LR = 1e-3  # LoRA's usual scale: one step moves the policy clearly off the reference
 # Each loss type against the one-process full-batch gradient, with a micro-batch size that also
 # differs from it (4 rows per rank: 1 = four micro-batches, 3 = an uneven 3 + 1 split).
 GRAD_MICRO = {"grpo": 1, "token_mean": 3, "dr_grpo": 3}
@@ -44,12 +46,14 @@ def main() -> None:
     rollouts, advantages = make_batch()
     rows = rank_rows(len(rollouts), rank, world)
     local, local_adv = rollouts.select(rows), advantages[rows]
-    settings = StepSettings(learning_rate=LR, beta=args.beta, max_completion_length=16)
+    lr = LORA_LR if args.lora_r else LR
+    settings = StepSettings(learning_rate=lr, beta=args.beta, max_completion_length=16)
     t0 = time.time()
     zero = ZeroSettings(zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer,
                         offload_param=args.offload_param, nvme_path=args.nvme_path)
-    ds = DeepSpeedEngine(None, replace(settings, micro_batch_size=2), zero)
-    ref = TorchEngine(None, settings, device="cpu") if rank == 0 else None
+    lora = LoraSettings(lora_r=args.lora_r)
+    ds = DeepSpeedEngine(None, replace(settings, micro_batch_size=2), zero, lora=lora)
+    ref = TorchEngine(None, settings, device="cpu", lora=lora) if rank == 0 else None
     _log(rank, f"engines built in {time.time() - t0:.1f}s")
     out = {"world_size": world, "init_s": time.time() - t0, "ds_has_reference": ds.reference is not None}
     checks = args.checks.split(",")
@@ -103,7 +107,7 @@ def _max_diff(ds_weights, reference: dict | None) -> dict:
 
 def _compare_weights(ds, ref) -> dict:
     """Before any step: gathered weights vs the plain model (should be bit-equal)."""
-    reference = None if ref is None else ref.model.state_dict()
+    reference = None if ref is None else dict(ref.named_weights())
     result = _max_diff(ds.named_weights(), reference)
     if reference is not None:
         result["state_dict_names"] = list(reference)
@@ -136,6 +140,7 @@ def _uneven(ds, rollouts, advantages) -> str:
 
 
 def _compare_step(ds, ref, local, full) -> dict:
+    lr = ds.settings.learning_rate
     metrics = ds.train_step(*local)
     ref_metrics = ref.train_step(*full) if ref is not None else None
     reference = None if ref is None else dict(ref.named_weights())
@@ -145,10 +150,36 @@ def _compare_step(ds, ref, local, full) -> dict:
         if reference is not None:
             diff = (tensor - reference[name]).abs()
             worst = max(worst, diff.max().item())
-            moved["count"] += int((diff > LR / 10).sum())
+            moved["count"] += int((diff > lr / 10).sum())
             moved["total"] += diff.numel()
-    return {"max_abs_diff": worst, "entries_off_by_lr_over_10": moved, "lr": LR,
-            "metrics": metrics, "ref_metrics": ref_metrics}
+    result = {"max_abs_diff": worst, "entries_off_by_lr_over_10": moved, "lr": lr,
+              "metrics": metrics, "ref_metrics": ref_metrics}
+    if ds.lora.enabled:  # the trained tensors themselves (merged, B A moves them by << lr)
+        adapter = ds.adapter_weights()
+        want = None if ref is None else ref.adapter_weights()
+        moved = {"count": 0, "total": 0}
+        for name, tensor in adapter.items():
+            if want is not None:
+                diff = (tensor - want[name]).abs()
+                moved["count"] += int((diff > lr / 10).sum())
+                moved["total"] += diff.numel()
+        result["adapter"] = {**_max_diff(adapter.items(), want), "entries_off_by_lr_over_10": moved,
+                             "moved_from_start": max(t.abs().max().item() for n, t in
+                                                     adapter.items() if "lora_B" in n)}
+        result["reference"] = _lora_reference(ds, ref, local[0])
+    return result
+
+
+def _lora_reference(ds, ref, rows) -> dict:
+    """After a step: DeepSpeed's reference (the adapter off) against TorchEngine's (which
+    tests/test_lora.py holds to the base model exactly) on this rank's rows, and how far the
+    policy (the adapter on) now is from it."""
+    mask = rows.completion_mask.bool()
+    got, policy = ds.ref_logprobs(rows), ds.policy_logprobs(rows)
+    out = {"policy_vs_reference": (policy - got)[mask].abs().max().item()}
+    if ref is not None:
+        out["vs_torch"] = (got - ref.ref_logprobs(rows))[mask].abs().max().item()
+    return out
 
 
 def _nonfinite_step(ds, ref, local, local_adv) -> dict:
@@ -201,6 +232,7 @@ def _parse():
     p.add_argument("--offload-param", default="none")
     p.add_argument("--nvme-path", default=None)
     p.add_argument("--beta", type=float, default=0.04)
+    p.add_argument("--lora-r", type=int, default=0)
     return p.parse_args()
 
 

@@ -13,7 +13,7 @@ from grpo.cli import build_parser, field_help, parse_config
 from grpo.config import GRPOConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ["model and data", "sampling", "rewards", "loss", "optimisation", "engine",
+GROUPS = ["model and data", "sampling", "rewards", "loss", "optimisation", "engine", "lora",
           "logging and checkpoints"]
 
 

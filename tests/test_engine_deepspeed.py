@@ -97,6 +97,43 @@ def test_zero3_two_ranks_step_equals_torch_engine(tmp_path):
     _assert_step_matches(r["step"])
 
 
+def _assert_lora_step_matches(r: dict) -> None:
+    """LoRA (lr 1e-3): merged weights before the step are the base model's exactly; after one
+    step the adapter itself (B starts at 0, so AdamW's first update moves it by ~lr) within the
+    step tolerances above, the metrics as _assert_step_matches holds them, and the reference
+    (the adapter off) is TorchEngine's to fp32 noise (1e-5 per log-prob, as for gradients above)
+    while the trained policy is far from it."""
+    assert r["weights"]["max_abs_diff"] == 0.0
+    reference = r["step"]["reference"]
+    print("LoRA reference:", reference)
+    assert reference["vs_torch"] < 1e-4 and reference["policy_vs_reference"] > 1e-2
+    adapter = r["step"]["adapter"]
+    print("LoRA adapter vs TorchEngine after one step:", adapter["max_abs_diff"])
+    assert adapter["moved_from_start"] > 0.5 * r["step"]["lr"]  # the check can fail
+    assert adapter["max_abs_diff"] <= 2 * r["step"]["lr"]
+    off = adapter["entries_off_by_lr_over_10"]
+    assert off["count"] <= max(1, off["total"] * 1e-4), off
+    _assert_step_matches(r["step"])
+
+
+def test_zero3_lora_step_equals_torch_engine(tmp_path):
+    """LoRA r = 8 under ZeRO-3, two ranks, reference = the adapter off (no second engine)."""
+    r = _launch(tmp_path, "weights,step", lora_r=8)
+    assert r["ds_has_reference"]
+    _assert_lora_step_matches(r)
+
+
+@pytest.mark.slow
+def test_zero2_lora_step_equals_torch_engine_and_resumes_bit_identically(tmp_path):
+    r = _launch(tmp_path, "weights,step,resume", zero_stage=2, lora_r=8)
+    _assert_lora_step_matches(r)
+    resume = r["resume"]
+    assert resume["max_abs_diff"] == 0.0  # the step after load == the step after save
+    assert resume["first"]["loss"] == resume["second"]["loss"]
+    # The checkpoint is PEFT's adapter: transformers (through peft) loads base + adapter from it.
+    assert resume["hf_loaded_params"] == 134_515_008 + 2_442_240
+
+
 @pytest.mark.slow
 def test_zero3_gradient_does_not_depend_on_ranks_or_micro_batches(tmp_path):
     """Each loss type: two ranks with micro-batches of 1 or 3 rows vs one process, whole batch."""

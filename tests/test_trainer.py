@@ -28,11 +28,11 @@ SMALL = dict(
 )
 
 
-def _run(config: dict, out: Path, **popen) -> subprocess.Popen:
+def _run(config: dict, out: Path, threads: int = 2, **popen) -> subprocess.Popen:
     """A trainer run in a child process (tests/trainer_worker.py: a dense reward)."""
     recipe = out.with_suffix(".yaml")
     recipe.write_text(yaml.safe_dump({**config, "output_dir": str(out)}))
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_LOGGING_LEVEL": "WARNING"}
     worker = Path(__file__).parent / "trainer_worker.py"
     return subprocess.Popen([sys.executable, str(worker), "--config", str(recipe)], env=env,
                             **popen)

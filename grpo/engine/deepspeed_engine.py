@@ -13,6 +13,9 @@ How it differs from a stock DeepSpeed loop, and why:
   under ZeRO-2 it is a plain replicated copy. None at all when beta == 0.
 * ZeRO's bucket sizes that the user's deepspeed_config leaves out are sized from the model's
   hidden size (Hugging Face's "auto" rule, `ds_config.size_buckets`).
+* With LoRA (grpo.engine.lora) the adapter is added after loading (ZeRO-3: DeepSpeed
+  partitions its new parameters at initialize), only the adapter is in the optimizer, and the
+  reference is the policy engine itself with the adapter off: no second engine.
 * offload_optimizer="nvme" with more than one rank is refused: in DeepSpeed 0.19.8 it gives
   wrong gradients for some MLP weights (step-1 loss 0.5868 instead of 0.4929 here; exact with
   one rank; cf. deepspeedai/DeepSpeed#2272). Use cpu, or one rank.
@@ -20,6 +23,7 @@ How it differs from a stock DeepSpeed loop, and why:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -30,9 +34,11 @@ from torch import Tensor
 
 from grpo import distributed
 from grpo.engine.ds_config import build_ds_config, reference_config, size_buckets
-from grpo.engine.settings import StepSettings, ZeroSettings
+from grpo.engine import lora as lora_lib
+from grpo.engine.settings import LoraSettings, StepSettings, ZeroSettings
 from grpo.engine.step import StepEngine
-from grpo.engine.weights import STATE_DIR, load_causal_lm, weight_names, write_hf_directory
+from grpo.engine.weights import (STATE_DIR, copy_tokenizer, load_causal_lm, weight_names,
+                                 write_hf_directory)
 from grpo.logprobs import LogprobModel
 from grpo.models import resolve_model
 
@@ -44,14 +50,14 @@ class DeepSpeedEngine(StepEngine):
     "cpu"))`, in every process of a launched job (or a plain process: a world of one)."""
 
     def __init__(self, model: str | None = None, settings: StepSettings = StepSettings(),
-                 zero: ZeroSettings = ZeroSettings()):
+                 zero: ZeroSettings = ZeroSettings(), *, lora: LoraSettings = LoraSettings()):
         if zero.offload_param == "nvme":
             # The shared-prompt forward runs every layer twice in one forward (prompts, then
             # completions); DeepSpeed 0.19.8's nvme parameter swapper then runs out of swap
             # buffers ("Not enough buffers 0 for swapping 1"), so this offload keeps one pass.
             settings = replace(settings, share_prompt_forward=False)
         super().__init__(settings)
-        self.zero = zero
+        self.zero, self.lora = zero, lora
         self.rank, self.world_size, self.device = distributed.init_distributed(require_group=True)
         if zero.offload_optimizer == "nvme" and self.world_size > 1:
             raise ValueError(
@@ -74,16 +80,22 @@ class DeepSpeedEngine(StepEngine):
         lm, ref = self._load_models()
         if s.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora.enabled:  # frozen embeddings: checkpointed blocks need an input with grad
+                lm.enable_input_require_grads()
+        self.model = lora_lib.add_adapter(lm, self.lora) if self.lora.enabled else lm
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         adamw = dict(lr=s.learning_rate, betas=s.adam_betas, weight_decay=s.weight_decay)
         if self.zero.offload_optimizer != "none":  # offloaded states need DeepSpeed's CPU Adam
             from deepspeed.ops.adam import DeepSpeedCPUAdam
-            optimizer = DeepSpeedCPUAdam(lm.parameters(), adamw_mode=True, **adamw)
+            optimizer = DeepSpeedCPUAdam(trainable, adamw_mode=True, **adamw)
         else:
-            optimizer = torch.optim.AdamW(lm.parameters(), **adamw)
+            optimizer = torch.optim.AdamW(trainable, **adamw)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=LogprobModel(lm), optimizer=optimizer, config=self.config)
-        self.model, self.policy, self.reference = lm, self.ds, None
-        if ref is not None and self.zero.zero_stage == 3:
+        self.policy, self.reference = self.ds, None
+        if self.lora.enabled and s.beta != 0:
+            self.reference = lora_lib.AdapterDisabled(self.ds, self.model)
+        elif ref is not None and self.zero.zero_stage == 3:
             self.reference = deepspeed.initialize(model=LogprobModel(ref),
                                                   config=reference_config(self.config))[0]
             self.reference.eval()
@@ -101,7 +113,7 @@ class DeepSpeedEngine(StepEngine):
         try:
             lm = load_causal_lm(self.source, "cpu" if keep_alive else self.device, True)
             ref = None
-            if self.settings.beta != 0:
+            if self.settings.beta != 0 and not self.lora.enabled:  # LoRA: the adapter off
                 if keep_alive is not None:  # sharded as well, with its own inference config
                     keep_alive = HfDeepSpeedConfig(reference_config(self.config))
                 ref = load_causal_lm(self.source, "cpu" if keep_alive else self.device, False)
@@ -147,21 +159,33 @@ class DeepSpeedEngine(StepEngine):
         """Full tensors with Hugging Face names, gathered one parameter at a time on every rank
         (a collective: every rank must exhaust the iterator, in the same order). Each is a copy
         on this rank's device, so peak extra memory is one parameter."""
-        import deepspeed
-
+        if self.lora.enabled:  # the base model's names, adapted weights merged
+            yield from lora_lib.merged_weights(self.model, _gathered, copy_all=True)
+            return
         for name, p in weight_names(self.model):
-            if hasattr(p, "ds_id"):
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    full = p.detach().clone()
-            else:
+            with _gathered([p]):
                 full = p.detach().clone()
             yield name, full
 
+    def adapter_weights(self) -> dict[str, Tensor]:
+        """The LoRA adapter gathered (CPU copies, PEFT's names), on every rank. Collective."""
+        return lora_lib.adapter_state(self.model, _gathered)
+
+    def adapter_config(self) -> dict:
+        return lora_lib.adapter_config(self.model, self.source)
+
     def save(self, directory: str | os.PathLike) -> None:
-        """A Hugging Face directory (written by rank 0) plus DeepSpeed's sharded optimizer state
-        and the step count in `engine_state/` (every rank writes its shard). Collective."""
-        write_hf_directory(directory, self.model, self.named_weights(), self.source,
-                           write=self.rank == 0)
+        """A Hugging Face directory (with LoRA: the adapter in PEFT's format and the tokenizer)
+        written by rank 0, plus DeepSpeed's sharded optimizer state and the step count in
+        `engine_state/` (every rank writes its shard). Collective."""
+        if self.lora.enabled:
+            state = self.adapter_weights()
+            if self.rank == 0:
+                lora_lib.write_adapter(directory, state, self.adapter_config())
+                copy_tokenizer(self.source, Path(directory))
+        else:
+            write_hf_directory(directory, self.model, self.named_weights(), self.source,
+                               write=self.rank == 0)
         distributed.barrier()
         self.ds.save_checkpoint(str(Path(directory) / STATE_DIR), tag="state",
                                 client_state={"grpo_step": self.step})
@@ -175,6 +199,16 @@ class DeepSpeedEngine(StepEngine):
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {directory}/{STATE_DIR}")
         self.step = int(client["grpo_step"])
+
+
+def _gathered(params: list) -> contextlib.AbstractContextManager:
+    """ZeRO-3 partitioned parameters whole on every rank inside the block (a collective)."""
+    import deepspeed
+
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 def _check_async_io() -> None:

@@ -2,7 +2,8 @@
 
 `StepSettings` holds everything both engines do the same way: the objective (grpo.loss), the
 update (AdamW, schedule, clipping, mu updates per batch, micro-batches) and the forward (bf16,
-checkpointing, the shared-prompt forward). `ZeroSettings` holds what only DeepSpeedEngine has.
+checkpointing, the shared-prompt forward). `ZeroSettings` holds what only DeepSpeedEngine has;
+`LoraSettings` whether (and how) both engines train a LoRA adapter instead of every weight.
 Each is checked once, in `__post_init__`, before any model is loaded; each error names its field.
 Field names are GRPOConfig's, so a config maps onto them one to one.
 
@@ -144,3 +145,41 @@ class ZeroSettings:
                 pass
         except OSError as err:
             raise ValueError(f"nvme_path {str(path)!r} is not a writable folder: {err}") from None
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA adapter built with peft (`lora_r` = 0: off, every weight trains)."""
+
+    lora_r: int = 0  # rank; 0: full fine-tuning
+    lora_alpha: float | None = None  # the update is B @ A * lora_alpha / lora_r; None: 2 * lora_r
+    lora_dropout: float = 0.0  # on the adapter's input; > 0 makes every policy forward random
+    lora_target_modules: tuple[str, ...] | None = None  # None: every linear layer of the blocks
+    seed: int = 0  # the adapter's initial A (B starts at 0: the first policy is the base model)
+
+    def __post_init__(self):
+        check(isinstance(self.lora_r, int) and self.lora_r >= 0,
+              f"lora_r must be an integer >= 0 (0: no LoRA), got {self.lora_r!r}")
+        check(self.lora_alpha is None or self.lora_alpha > 0,
+              f"lora_alpha must be > 0 or None (2 * lora_r), got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        targets = self.lora_target_modules
+        check(targets is None or (len(targets) > 0 and all(isinstance(t, str) and t
+                                                            for t in targets)),
+              f"lora_target_modules must be None (every linear layer of the transformer blocks) "
+              f"or a non-empty list of module names, got {targets!r}")
+        if targets is not None and not isinstance(targets, tuple):
+            object.__setattr__(self, "lora_target_modules", tuple(targets))  # frozen, hashable
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_r > 0
+
+    def peft_config(self):
+        """peft's LoraConfig; "all-linear" is peft's every linear layer but the output layer."""
+        from peft import LoraConfig
+
+        targets = list(self.lora_target_modules) if self.lora_target_modules else "all-linear"
+        alpha = 2 * self.lora_r if self.lora_alpha is None else self.lora_alpha
+        return LoraConfig(r=self.lora_r, lora_alpha=alpha, lora_dropout=self.lora_dropout,
+                          target_modules=targets, bias="none", task_type="CAUSAL_LM")

@@ -68,10 +68,10 @@ def write_hf_directory(directory: str | os.PathLike, model: torch.nn.Module,
     model.config.save_pretrained(directory)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(directory)
-    _copy_tokenizer(source, directory)
+    copy_tokenizer(source, directory)
 
 
-def _copy_tokenizer(source: str, directory: Path) -> None:
+def copy_tokenizer(source: str, directory: Path) -> None:
     from transformers import AutoTokenizer
 
     try:

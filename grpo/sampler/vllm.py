@@ -1,14 +1,16 @@
 """VLLMSampler: G completions per prompt from an in-process vLLM engine (the CPU build here,
 CUDA on GPUs), with the sampler's own log-prob of every token; it takes new weights in place
-after each optimizer step. Why prompts go in as token ids, which log-probs are recorded, how
-rows are seeded, why a weight push must be whole, and how one engine per rank shares cores or a
-GPU with its trainer: docs/architecture.md, "Sampler".
+after each optimizer step, or (LoRA) a new adapter. Why prompts go in as token ids, which
+log-probs are recorded, how rows are seeded, why a weight push must be whole, how an adapter
+is synced, and how one engine per rank shares cores or a GPU with its trainer:
+docs/architecture.md, "Sampler".
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from grpo.sampler.base import call_settings, check_settings, collect_weights, to
 from grpo.seeds import splitmix64
 
 GiB = 1 << 30
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
 _EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 
 
@@ -46,6 +49,15 @@ def _checkpoint_names(path: str) -> set[str] | None:
         with safe_open(str(f), framework="pt") as handle:
             names.update(handle.keys())
     return names
+
+
+def _lora_rank_slot(rank: int) -> int:
+    """The smallest rank vLLM accepts for `max_lora_rank` that holds an adapter of rank r."""
+    fits = [r for r in _VLLM_LORA_RANKS if r >= rank]
+    if rank < 1 or not fits:
+        raise ValueError(f"max_lora_rank must be in 1..{_VLLM_LORA_RANKS[-1]} (vLLM's limit), "
+                         f"got {rank}")
+    return fits[0]
 
 
 def _on_cuda() -> bool:
@@ -81,7 +93,8 @@ class VLLMSampler:
     92 % of the machine); on CUDA, None sizes it from `gpu_memory_utilization`, and
     `enable_sleep_mode` allows `sleep()`/`wake_up()`. Threads (CPU): the engine computes on the
     process's torch threads; `num_threads` sets them (None keeps the current count), which vLLM
-    would otherwise cut to 1 and lock.
+    would otherwise cut to 1 and lock. `max_lora_rank` (the adapter's r) starts the engine with
+    LoRA support, so that `load_adapter` can take a LoRA adapter instead of whole weights.
     """
 
     def __init__(self, model: str, group_size: int, max_tokens: int, temperature: float = 1.0,
@@ -89,7 +102,8 @@ class VLLMSampler:
                  kv_cache_memory_gb: float | None = 1.0, enforce_eager: bool = False,
                  gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False,
                  tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 stop: list[str] | None = None, num_threads: int | None = None):
+                 stop: list[str] | None = None, num_threads: int | None = None,
+                 max_lora_rank: int | None = None):
         check_settings(group_size, max_tokens, temperature, top_p)
         cuda = _on_cuda()
         _check_engine_options(cuda, kv_cache_memory_gb, enable_sleep_mode, tensor_parallel_size)
@@ -124,6 +138,10 @@ class VLLMSampler:
                           max_num_batched_tokens=max(max_model_len or 0, 8192))
         if kv_cache_memory_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * GiB)
+        if max_lora_rank is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank_slot(max_lora_rank),
+                          max_loras=1)
+        self._lora_request, self._lora_dir = None, None  # the adapter sampled with, its files
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # keep vLLM's own message, say which model failed
@@ -160,7 +178,8 @@ class VLLMSampler:
                 params.append(SamplingParams(
                     n=1, temperature=temp, top_p=self.top_p, max_tokens=m, logprobs=0,
                     seed=_row_seed(call_seed, i * g + j), stop=self.stop))
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False,
+                                    lora_request=self._lora_request)
         return self._to_rollouts(outputs, prompts, ids, g)
 
     def _to_rollouts(self, outputs, prompts, ids, g) -> Rollouts:
@@ -186,7 +205,8 @@ class VLLMSampler:
 
         The whole state dict is collected first and reloaded in one call, then the prefix cache
         is reset (cached KV was computed by the old weights). With tied embeddings the
-        embedding is also sent as `lm_head.weight`; dtypes are converted to the engine's.
+        embedding is also sent as `lm_head.weight`; dtypes are converted to the engine's. An
+        adapter loaded with `load_adapter` stays on top of the new weights.
         """
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before load_weights()")
@@ -205,6 +225,36 @@ class VLLMSampler:
             self.llm.collective_rpc("reload_weights",
                                     kwargs={"weights_iterator": list(weights.items())})
         self._reset_prefix_cache()
+        self.last_load_seconds = time.perf_counter() - start
+
+    def load_adapter(self, named_tensors: Iterable[tuple[str, Tensor]], config: dict) -> None:
+        """Sample from now on with this LoRA adapter on the engine's base weights (PEFT's tensor
+        names and adapter_config.json content, e.g. `engine.adapter_weights()` and
+        `engine.adapter_config()`). The engine needs `max_lora_rank` >= the adapter's r.
+
+        vLLM loads adapters from a directory: the adapter is written to a private temporary
+        folder (a few MB) and loaded under a new name and id; the previous one is removed. The
+        prefix cache needs no reset: vLLM keys cached blocks by the adapter's name."""
+        from vllm.lora.request import LoRARequest
+
+        from grpo.engine.lora import write_adapter
+
+        if self.llm.llm_engine.vllm_config.lora_config is None:
+            raise RuntimeError("load_adapter needs VLLMSampler(..., max_lora_rank=r): this "
+                               "engine was started without LoRA support")
+        start = time.perf_counter()
+        if self._lora_dir is None:
+            self._lora_dir = tempfile.TemporaryDirectory(prefix="grpo-adapter-")
+        old = self._lora_request
+        new_id = 1 if old is None else old.lora_int_id + 1
+        path = os.path.join(self._lora_dir.name, f"adapter-{new_id}")
+        write_adapter(path, {k: v.detach().cpu().contiguous() for k, v in named_tensors}, config)
+        request = LoRARequest(f"policy-{new_id}", new_id, path)
+        self.llm.llm_engine.add_lora(request)  # loads (and checks) it now, not at sample time
+        self._lora_request = request
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
         self.last_load_seconds = time.perf_counter() - start
 
     def _reset_prefix_cache(self) -> None:
@@ -245,6 +295,8 @@ class VLLMSampler:
     def close(self) -> None:
         """Shut the engine down and free its memory (the object is unusable afterwards)."""
         llm = self.__dict__.pop("llm", None)
+        if self._lora_dir is not None:
+            self._lora_dir.cleanup()
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
             del llm

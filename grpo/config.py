@@ -155,8 +155,9 @@ class GRPOConfig:
     max_steps: int = 100
     """Optimizer steps (one sampled batch each)."""
     seed: int = 42
-    """Seeds the data order, the sampler (grpo.seeds.derive_seed(seed, step, rank)) and a LoRA
-    adapter's initial A."""
+    """Seeds the data order, the sampler (grpo.seeds.derive_seed(seed, step, round) and each
+    completion's row in the step's batch over all ranks, so any number of processes draws the
+    same completions) and a LoRA adapter's initial A."""
 
     # --- engine ---
     engine: EngineName = "torch"

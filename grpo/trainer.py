@@ -1,7 +1,7 @@
 """GRPOTrainer: a step's five calls in a loop, with evaluation, logging and checkpoints around.
 
     for step in range(start, max_steps):
-        rollouts   = sampler.sample(prompts, seed=derive_seed(seed, step, rank))
+        rollouts   = sampler.sample(prompts, seed=derive_seed(seed, step, 0), first_row=...)
         rewards    = reward_set(prefill + completions, **columns)
         advantages = group_advantages(rewards.total, G)
         metrics    = engine.train_step(rollouts, advantages, loss_mask)
@@ -9,7 +9,11 @@
 
 Everything the loop needs is derived from (config, step, prompts consumed): the prompts are read
 in the order of a seeded permutation per epoch, and the sampler is seeded with
-derive_seed(seed, s, rank) (grpo/seeds.py). So a checkpoint needs only the weights, the engine's
+derive_seed(seed, step, round) (grpo/seeds.py) plus each completion's row in the step's batch over
+all ranks (`first_row`: rank r's rows start at r * prompts_per_step * G), never the rank. So one
+process and several ranks read the same prompts and, with VLLMSampler, draw the same completions;
+the gradient does not depend on the split either (docs/architecture.md), so a run's trajectory
+does not depend on how many processes ran it. A checkpoint needs only the weights, the engine's
 optimizer state and step count, the RNG states, the step and the prompts consumed, and a resumed
 run repeats exactly what an uninterrupted one would have done (bit for bit on a CPU; vLLM's
 batched CUDA kernels are not bit-reproducible).
@@ -19,6 +23,8 @@ aside and the next prompts are sampled until each rank has its prompts_per_step 
 signal, or the extra rounds run out and tied groups fill the batch. Every rank takes part in
 every round (a rank that is full samples nothing), so the ranks agree on the number of rounds
 through one all-reduce per round and reach the train step, and its collectives, together.
+Each rank fills its own share, so which groups a step keeps depends on the split (the completions
+drawn for a prompt in a round do not).
 
 With several ranks (DeepSpeed), each rank samples and trains on its own share of the step's
 prompts; only rank 0 logs, evaluates and writes checkpoint metadata.
@@ -148,10 +154,13 @@ class GRPOTrainer:
                 first = self.prompts_consumed + rounds * need * self.world_size
                 rows = self.train_dataset[data_order(first + self.rank * need, need,
                                                      len(self.train_dataset), c.seed)]
-                # Ranks, steps, rounds and runs draw different noise; a resumed run the same.
-                seed = derive_seed(c.seed, step, self.rank, *([rounds] if rounds else []))
+                # A completion's noise: (run seed, step, round) and its row in the round's batch
+                # over all ranks, not the rank, so any world size draws the same completions
+                # (VLLMSampler); a resumed run draws the same again.
+                seed = derive_seed(c.seed, step, rounds)
                 with timer("time/sample"):
-                    rollouts = self.sampler.sample(rows["prompt"], seed=seed)
+                    rollouts = self.sampler.sample(rows["prompt"], seed=seed,
+                                                   first_row=self.rank * need * G)
                 with timer("time/reward"):
                     outputs.append(self._score(rollouts, rows, G))
                 offset = sum(len(p) for p in parts) // G

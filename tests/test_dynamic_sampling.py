@@ -14,6 +14,7 @@ from datasets import Dataset
 from grpo.config import GRPOConfig
 from grpo.rewards import (OverlongPenalty, RewardSet, countdown_numbers_reward, join_outputs)
 from grpo.rollouts import Rollouts
+from grpo.seeds import derive_seed
 from grpo.trainer import GRPOTrainer, data_order
 
 
@@ -21,10 +22,10 @@ class ScriptedSampler:
     """Completion j of a group is "x" * (j + 1): lengths differ within every group."""
 
     def __init__(self):
-        self.calls = []  # (prompts, seed) per sample call
+        self.calls = []  # (prompts, seed, first_row) per sample call
 
-    def sample(self, prompts, *, seed=None, group_size=2, temperature=None):
-        self.calls.append((list(prompts), seed))
+    def sample(self, prompts, *, seed=None, first_row=0, group_size=2, temperature=None):
+        self.calls.append((list(prompts), seed, first_row))
         texts = ["x" * (j + 1) for _ in prompts for j in range(group_size)]
         return Rollouts.from_lists(
             prompt_ids=[[1] * (1 + len(p) % 3) for p in prompts for _ in range(group_size)],
@@ -101,9 +102,13 @@ def test_ties_force_extra_rounds_and_the_next_step_reads_on(tmp_path):
             [a for i in want for a in ((-h, h) if i % 2 == 0 else (0.0, 0.0))])
         position += 2 * rounds
     assert trainer.prompts_consumed == position > 6  # some step needed more than one round
-    # Each round drew its own noise: seeds of one step's rounds differ.
-    seeds = [seed for _, seed in trainer.sampler.calls]
-    assert len(set(seeds)) == len(seeds)
+    # Each round drew its own noise: round k of step t is seeded derive_seed(5, t, k), and one
+    # process's rows start at row 0 of the batch.
+    expect = [derive_seed(5, step, k) for step, row in enumerate(history)
+              for k in range(row["dynamic_sampling/rounds"])]
+    assert [seed for _, seed, _ in trainer.sampler.calls] == expect
+    assert len(set(expect)) == len(expect)
+    assert {first_row for _, _, first_row in trainer.sampler.calls} == {0}
 
 
 def test_the_round_cap_is_honoured_and_ties_fill_the_batch(tmp_path, caplog):

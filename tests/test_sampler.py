@@ -101,6 +101,27 @@ def test_same_seed_same_samples_other_seed_differs(sampler):
     assert len(set(first.texts)) > 1  # each row has its own seed, so a group is not 3 copies
 
 
+def test_a_batch_split_over_calls_draws_what_one_call_draws(sampler):
+    """Two ranks sampling halves of a step's batch with the same seed, each with its first_row,
+    get exactly the rows one process gets (row r is seeded by (seed, first_row + r))."""
+    tok = sampler.tokenizer
+    prompts = [chat(tok, q) for q in ("Tell me a story about a cat.", "Name three rivers.",
+                                      "Why is the sky blue?", "Describe a dog.")]
+    whole = sampler.sample(prompts, seed=11)
+    halves = [sampler.sample(prompts[:2], seed=11),
+              sampler.sample(prompts[2:], seed=11, first_row=2 * 3)]
+    assert whole.texts == halves[0].texts + halves[1].texts
+    for k, half in enumerate(halves):
+        rows = slice(6 * k, 6 * k + 6)
+        t = half.completion_ids.shape[1]
+        assert torch.equal(whole.completion_ids[rows, :t], half.completion_ids)
+        torch.testing.assert_close(whole.sampler_logprobs[rows, :t], half.sampler_logprobs)
+    # The second half without its offset draws the first half's noise: different completions.
+    assert sampler.sample(prompts[2:], seed=11).texts != halves[1].texts
+    with pytest.raises(ValueError, match="first_row must be an int >= 0"):
+        sampler.sample(prompts, first_row=-1)
+
+
 def test_greedy_repeats_and_matches_transformers_greedy(sampler, hf_model):
     prompt = chat(sampler.tokenizer, "What is the capital of France?")
     one = sampler.sample([prompt], group_size=1, temperature=0, max_tokens=12)
@@ -222,6 +243,13 @@ def test_hf_sampler_interface_logprobs_and_seed(hf_model):
     assert worst < 1e-4, (worst, mean)  # same model, same fp32 math: measured max ~1e-6
     assert torch.equal(hf.sample(prompts).completion_ids, r.completion_ids)
     assert isinstance(hf, GroupSampler)
+    # generate draws the call's noise jointly: another first_row (another rank's share with the
+    # same call seed) must still draw other noise, seeded derive_seed(seed, first_row).
+    other = hf.sample(prompts, first_row=4)
+    assert not torch.equal(other.completion_ids, r.completion_ids)
+    from grpo.seeds import derive_seed
+    hf.seed = derive_seed(3, 4)
+    assert torch.equal(hf.sample(prompts).completion_ids, other.completion_ids)
 
 
 def test_hf_sampler_load_weights_round_trip(hf_model):

@@ -4,8 +4,9 @@ reward that varies.
 The base model almost never writes the R1 format in 16 tokens, so the built-in rewards are all 0
 there and every step would be skipped; this dense reward (the completion's length in characters)
 gives a group variance for puzzles whose target is a multiple of 4 and ties every other group, so
-dynamic sampling has groups to set aside. With GRPO_TEST_CALLS=dir each rank writes the number
-of prompts and the seed of each of its sample calls to dir/calls_rank<r>.json.
+dynamic sampling has groups to set aside. With GRPO_TEST_CALLS=dir each rank writes, for each of
+its sample calls, the number of prompts, the seed, first_row and the completions' token ids to
+dir/calls_rank<r>.json.
 """
 
 import json
@@ -26,8 +27,15 @@ if __name__ == "__main__":
     config = GRPOConfig.from_args(sys.argv[1:])
     trainer = GRPOTrainer(config, reward_set=RewardSet([format_reward, length_if_target_divisible_by_4]))
     calls, sample = [], trainer.sampler.sample
-    trainer.sampler.sample = lambda prompts, **kw: calls.append(
-        [len(prompts), kw.get("seed")]) or sample(prompts, **kw)
+
+    def recorded(prompts, **kw):
+        rollouts = sample(prompts, **kw)
+        completions = [ids[mask.bool()].tolist() for ids, mask in
+                       zip(rollouts.completion_ids, rollouts.completion_mask)]
+        calls.append([len(prompts), kw.get("seed"), kw.get("first_row", 0), completions])
+        return rollouts
+
+    trainer.sampler.sample = recorded
     trainer.train()
     if os.environ.get("GRPO_TEST_CALLS"):
         path = Path(os.environ["GRPO_TEST_CALLS"]) / f"calls_rank{trainer.rank}.json"

@@ -18,9 +18,14 @@ class GroupSampler(Protocol):
     tokenizer: object
     group_size: int  # G in DeepSeekMath
 
-    def sample(self, prompts: list[str], *, seed: int | None = None,
+    def sample(self, prompts: list[str], *, seed: int | None = None, first_row: int = 0,
                group_size: int | None = None, temperature: float | None = None,
-               max_tokens: int | None = None) -> Rollouts: ...
+               max_tokens: int | None = None) -> Rollouts:
+        """N = B*G completions, rows [i*G, (i+1)*G) answering prompts[i]. `first_row` is the
+        index of this call's first row in the whole batch that `seed` was drawn for (a rank's
+        offset in the step's batch over all ranks): a split-invariant sampler seeds row r by
+        (seed, first_row + r), so one call or several calls with the same seed draw the same
+        completions."""
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None: ...
 
@@ -43,6 +48,11 @@ def call_settings(sampler, group_size, temperature, max_tokens) -> tuple[int, fl
     m = sampler.max_tokens if max_tokens is None else max_tokens
     check_call(g, m, temp)
     return g, temp, m
+
+
+def check_first_row(first_row: int) -> None:
+    if not isinstance(first_row, int) or isinstance(first_row, bool) or first_row < 0:
+        raise ValueError(f"first_row must be an int >= 0, got {first_row!r}")
 
 
 def check_call(group_size: int, max_tokens: int, temperature: float) -> None:

@@ -15,7 +15,9 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler.base import call_settings, check_settings, collect_weights, tokenize_prompts
+from grpo.sampler.base import (call_settings, check_first_row, check_settings, collect_weights,
+                               tokenize_prompts)
+from grpo.seeds import derive_seed
 
 
 class _RecordChosenLogprobs:
@@ -46,7 +48,8 @@ class HFSampler:
 
     Log-probs are those of the processed distribution (temperature, then top-p), like vLLM's;
     top_k is switched off (transformers would default to 50). Prompts are left-padded and
-    generated together; rows stop at the model's EOS.
+    generated together; rows stop at the model's EOS. One generator draws the whole call's noise,
+    so unlike VLLMSampler a batch split over ranks does not draw what one process would.
     """
 
     def __init__(self, model, group_size: int, max_tokens: int, temperature: float = 1.0,
@@ -76,13 +79,23 @@ class HFSampler:
         self.last_load_seconds: float | None = None
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], *, seed: int | None = None,
+    def sample(self, prompts: list[str], *, seed: int | None = None, first_row: int = 0,
                group_size: int | None = None, temperature: float | None = None,
                max_tokens: int | None = None) -> Rollouts:
-        """G completions per prompt, grouped contiguously (see VLLMSampler.sample)."""
+        """G completions per prompt, grouped contiguously (see VLLMSampler.sample).
+
+        Not split-invariant: `generate` draws the whole call's noise from one generator, so a
+        row's completion depends on the other rows of its call. The generator is seeded with
+        `seed` (first_row 0) or `derive_seed(seed, first_row)`, so calls of different ranks
+        with the same seed still draw different noise, but two ranks do not draw what one
+        process would."""
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         g, temp, m = call_settings(self, group_size, temperature, max_tokens)
+        check_first_row(first_row)
+        call_seed = self.seed if seed is None else seed
+        if first_row:
+            call_seed = derive_seed(call_seed, first_row)
         ids = tokenize_prompts(self.tokenizer, prompts, self.max_model_len)
         rows = [i for i in range(len(ids)) for _ in range(g)]
         p = max(len(x) for x in ids)
@@ -102,7 +115,7 @@ class HFSampler:
             if self.top_p < 1:
                 processors.append(TopPLogitsWarper(self.top_p))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed if seed is None else seed)
+            torch.manual_seed(call_seed)
             out = self.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                 max_new_tokens=m, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from grpo.models import resolve_model
 from grpo.rollouts import Rollouts
-from grpo.sampler.base import call_settings, check_settings, collect_weights, tokenize_prompts
+from grpo.sampler.base import (call_settings, check_first_row, check_settings, collect_weights,
+                               tokenize_prompts)
 from grpo.seeds import splitmix64
 
 GiB = 1 << 30
@@ -155,18 +156,21 @@ class VLLMSampler:
         pad = self.tokenizer.pad_token_id
         self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
 
-    def sample(self, prompts: list[str], *, seed: int | None = None,
+    def sample(self, prompts: list[str], *, seed: int | None = None, first_row: int = 0,
                group_size: int | None = None, temperature: float | None = None,
                max_tokens: int | None = None) -> Rollouts:
         """G completions of each prompt, rows [i*G, (i+1)*G) answering prompts[i].
 
         `seed` overrides the sampler's seed for this call (the trainer passes
-        `derive_seed(seed, step, rank)`); `temperature=0` samples greedily (use group_size=1 for
+        `derive_seed(seed, step, round)`); row r draws with `_row_seed(seed, first_row + r)`,
+        so a batch split over calls (ranks) with the same seed and each call's `first_row`
+        draws what one call would. `temperature=0` samples greedily (use group_size=1 for
         evaluation).
         """
         from vllm import SamplingParams
 
         g, temp, m = call_settings(self, group_size, temperature, max_tokens)
+        check_first_row(first_row)
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake_up() before sample()")
         ids = tokenize_prompts(self.tokenizer, prompts, self.max_model_len)
@@ -177,7 +181,7 @@ class VLLMSampler:
                 requests.append({"prompt_token_ids": row_ids})
                 params.append(SamplingParams(
                     n=1, temperature=temp, top_p=self.top_p, max_tokens=m, logprobs=0,
-                    seed=_row_seed(call_seed, i * g + j), stop=self.stop))
+                    seed=_row_seed(call_seed, first_row + i * g + j), stop=self.stop))
         outputs = self.llm.generate(requests, params, use_tqdm=False,
                                     lora_request=self._lora_request)
         return self._to_rollouts(outputs, prompts, ids, g)

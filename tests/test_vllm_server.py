@@ -161,8 +161,9 @@ def test_config_checks_the_server_settings(tmp_path):
 
 
 def _train(config: dict, out, env_extra=None, nproc: int = 1):
-    """A trainer run through the module's server in child processes (tests/trainer_worker.py:
-    the dense toy reward), one process or torchrun with nproc ranks."""
+    """A trainer run through the module's server in child processes (tests/trainer_worker.py
+    with the length reward: every group has signal), one process or torchrun with nproc
+    ranks."""
     import subprocess
     import sys
     from pathlib import Path
@@ -173,7 +174,7 @@ def _train(config: dict, out, env_extra=None, nproc: int = 1):
     recipe.write_text(yaml.safe_dump({**config, "output_dir": str(out)}))
     worker = str(Path(__file__).parent / "trainer_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": "WARNING",
-           **(env_extra or {})}
+           "GRPO_TEST_REWARD": "length", **(env_extra or {})}
     if nproc == 1:
         argv = [sys.executable, worker]
     else:
@@ -186,13 +187,13 @@ def _train(config: dict, out, env_extra=None, nproc: int = 1):
 SERVER_RUN = dict(
     num_train=40, num_test=4, countdown_num_numbers=[3], countdown_number_range=[1, 10],
     countdown_target_range=[10, 30], max_prompt_length=256, max_completion_length=16,
-    num_generations=2, per_device_train_batch_size=8, beta=0.0, learning_rate=3e-5,
+    num_generations=2, per_device_train_batch_size=8, beta=0.0, learning_rate=1e-4,
     report_to="none", log_completions_steps=0, eval_steps=0, seed=3, sampler="vllm_server",
     vllm_server_timeout=120, vllm_server_startup_timeout=60)
 
 
 def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path):
-    """One process: the dense toy reward rises over 4 steps; a run SIGKILLed after its step-2
+    """One process: the dense toy reward (length) rises over 4 steps; a run SIGKILLed after its step-2
     checkpoint and resumed logs the same metrics and ends with the same weights (the trainer
     pushes its weights to the server at start and on resume)."""
     from safetensors.torch import load_file

@@ -24,7 +24,7 @@ from grpo.loss import ImportanceSamplingLevel, KLEstimator, LossType, TISMode
 from grpo.rewards import NAMED_REWARDS
 
 EngineName = Literal["torch", "deepspeed"]
-SamplerName = Literal["vllm", "hf"]
+SamplerName = Literal["vllm", "vllm_server", "hf"]
 ReportTo = Literal["tensorboard", "none"]
 VLLMDtype = Literal["auto", "float32", "bfloat16"]
 LoraSync = Literal["adapter", "merged"]
@@ -64,7 +64,8 @@ class GRPOConfig:
     top_p: float = 1.0
     """Nucleus sampling."""
     sampler: SamplerName = "vllm"
-    """"vllm" or "hf" (transformers generate)."""
+    """"vllm" (an engine inside each training process), "vllm_server" (separate `vllm serve`
+    processes at vllm_server_urls, e.g. on their own GPUs) or "hf" (transformers generate)."""
     dynamic_sampling: bool = False
     """DAPO's dynamic sampling (verl's filter_groups): groups whose rewards all tie teach nothing,
     so they are set aside and the next prompts of the data order are sampled, in rounds, until
@@ -85,6 +86,15 @@ class GRPOConfig:
     """Skip vLLM's graph compile: starts in seconds instead of ~50 s, runs ~20 % slower."""
     vllm_enable_sleep_mode: bool = False
     """GPU: free vLLM's memory while training."""
+    vllm_server_urls: list = field(default_factory=list)
+    """sampler=vllm_server: base URLs of the `vllm serve` processes (start one with
+    `python -m grpo.sampler.server`), e.g. [http://10.0.0.4:8000]. Rank r sends its requests to
+    url r mod len(urls); rank 0 sends the new weights to all of them."""
+    vllm_server_timeout: float = 300.0
+    """sampler=vllm_server: seconds one generation request, or one weight transfer call, may
+    take before the step fails with an error naming the server (a dead server fails at once)."""
+    vllm_server_startup_timeout: float = 600.0
+    """sampler=vllm_server: seconds to wait for the servers' /health at start."""
 
     # --- rewards ---
     rewards: list = field(default_factory=lambda: ["format", "countdown"])
@@ -259,9 +269,17 @@ class GRPOConfig:
                   f"{len(self.rewards)}: {self.rewards}")
         self.step_settings(), self.zero_settings()  # their own checks, each naming its field
         self.lora_settings()
-        check(not (self.lora_r and self.lora_sync == "adapter" and self.sampler == "hf"),
-              "lora_sync='adapter' needs sampler='vllm' (the hf sampler takes whole weights); "
-              "set lora_sync='merged'")
+        check(not (self.lora_r and self.lora_sync == "adapter" and self.sampler != "vllm"),
+              f"lora_sync='adapter' needs sampler='vllm' (the {self.sampler} sampler takes whole "
+              "weights); set lora_sync='merged'")
+        if self.sampler == "vllm_server":
+            check(bool(self.vllm_server_urls), "sampler='vllm_server' needs vllm_server_urls "
+                  "(the URLs of running `vllm serve` processes)")
+            check(not self.vllm_enable_sleep_mode, "vllm_enable_sleep_mode is for sampler="
+                  "'vllm' (a colocated engine); a vllm_server sampler has its own devices")
+        for name in ("vllm_server_timeout", "vllm_server_startup_timeout"):
+            check(getattr(self, name) > 0, f"{name} must be > 0 seconds, got "
+                  f"{getattr(self, name)}")
 
     def step_settings(self) -> StepSettings:
         """What the engines take: the fields of the same name, the warmup in steps, and

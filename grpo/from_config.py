@@ -95,6 +95,12 @@ def sampler(config: GRPOConfig, path: str):
                   temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     if config.sampler == "hf":
         return HFSampler(path, **common)
+    if config.sampler == "vllm_server":
+        from grpo.sampler.vllm_server import VLLMServerSampler
+
+        return VLLMServerSampler(path, **common, urls=config.vllm_server_urls,
+                                 request_timeout=config.vllm_server_timeout,
+                                 startup_timeout=config.vllm_server_startup_timeout)
     return VLLMSampler(
         path, **common,
         dtype="bfloat16" if config.bf16 and config.vllm_dtype == "auto" else config.vllm_dtype,

@@ -86,6 +86,8 @@ class GRPOTrainer:
     def train(self) -> list[dict]:
         c, G = self.config, self.config.num_generations
         start = self._resume() if self.resume_dir else 0
+        if not self.resume_dir and getattr(self.sampler, "outlives_the_run", False):
+            self._sync_policy()  # a vLLM server may still hold another run's weights
         if self.rank == 0:
             self.tracker = Tracker(c.output_dir, c.report_to == "tensorboard", resume_step=start)
             c.save(Path(c.output_dir) / "grpo_config.json")

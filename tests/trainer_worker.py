@@ -23,9 +23,17 @@ def length_if_target_divisible_by_4(completions: list[str], target: list) -> lis
     return [len(c) / 100 if int(t) % 4 == 0 else 0.0 for c, t in zip(completions, target)]
 
 
+def length(completions: list[str]) -> list[float]:
+    return [len(c) / 100 for c in completions]
+
+
 if __name__ == "__main__":
     config = GRPOConfig.from_args(sys.argv[1:])
-    trainer = GRPOTrainer(config, reward_set=RewardSet([format_reward, length_if_target_divisible_by_4]))
+    # GRPO_TEST_REWARD=length: every group has signal, so the mean reward does not depend on
+    # which prompts a step drew and a short run can show it rise.
+    dense = length if os.environ.get("GRPO_TEST_REWARD") == "length" else \
+        length_if_target_divisible_by_4
+    trainer = GRPOTrainer(config, reward_set=RewardSet([format_reward, dense]))
     calls, sample = [], trainer.sampler.sample
 
     def recorded(prompts, **kw):

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    from grpo.sampler.server import start_server
+    from grpo.sampler.server import start_server, stop_server
 
     config = dict(RECIPE, max_steps=args.steps)
     rows = {}
@@ -66,8 +66,7 @@ def main() -> None:
                                       vllm_server_urls=[f"http://127.0.0.1:{port}"]),
                                  Path(tmp) / "server", args.threads)
         finally:
-            server.kill()
-            server.wait()
+            stop_server(server)
     print(f"| layout | {' | '.join(p.split('/')[1] + ' s' for p in PHASES)} | step s | "
           "tokens/s |")
     print("|---" * (len(PHASES) + 3) + "|")

@@ -27,7 +27,7 @@ from grpo import from_config
 from grpo.cli import parse_config
 from grpo.data import TEMPLATES, build_prompts, countdown_splits
 from grpo.rewards import (OverlongPenalty, RewardSet, countdown_numbers_reward, countdown_reward,
-                          format_reward, partial_format_reward)
+                          countdown_strict_reward, format_reward, partial_format_reward)
 from grpo.tracking import read_metrics
 from grpo.trainer import GRPOTrainer
 
@@ -64,7 +64,8 @@ def main(argv: list[str]) -> None:
     #    countdown_numbers is shaping (credit for building the answer from the puzzle's
     #    numbers); overlong is DAPO's length penalty near max_completion_length.
     available = {"format": format_reward, "partial_format": partial_format_reward,
-                 "countdown": countdown_reward, "countdown_numbers": countdown_numbers_reward,
+                 "countdown": countdown_reward, "countdown_strict": countdown_strict_reward,
+                 "countdown_numbers": countdown_numbers_reward,
                  "overlong": OverlongPenalty(config.max_completion_length,
                                              config.overlong_buffer
                                              or max(1, config.max_completion_length // 4))}

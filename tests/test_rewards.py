@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from grpo.rewards import (
     ExpressionError, RewardError, RewardSet, choice_reward, countdown_reward, evaluate_expression,
+    countdown_strict_reward,
     extract_answer, format_reward, math_reward, partial_format_reward,
 )
 from grpo.rewards.countdown import MAX_DEPTH
@@ -132,6 +133,14 @@ def test_evaluate_expression_allows_max_depth():
 ])
 def test_countdown_reward_hand_cases(text, nums, target, expected):
     assert countdown_reward([answer(text)], nums=[nums], target=[target]) == [expected]
+
+
+def test_countdown_strict_reward_refuses_any_equals():
+    texts = [answer(t) for t in ("6/(4-2)", "6/(4-2) = 3", "6/(4-2) = 4", "(2 + 4) / 6")]
+    assert countdown_strict_reward(texts, nums=[[6, 4, 2]] * 4, target=[3, 3, 3, 1]) == \
+        [1.0, 0.0, 0.0, 1.0]
+    assert countdown_reward(texts, nums=[[6, 4, 2]] * 4, target=[3, 3, 3, 1]) == \
+        [1.0, 1.0, 0.0, 1.0]
 
 
 def test_countdown_reward_needs_one_answer_and_accepts_column_types():

@@ -3,7 +3,7 @@ SmolLM2-135M-Instruct, fp32), started by grpo.sampler.server with grpo's gloo we
 backend loaded as a vLLM plugin.
 
 One server for the module (it starts in about 50 s on a quiet machine, 2 minutes under load);
-the last test kills it. Marked slow: CI (CI=true) runs it.
+the last test kills it. The tests with a server are marked slow: CI (CI=true) runs them.
 """
 
 import os
@@ -17,8 +17,8 @@ import torch
 from grpo.config import GRPOConfig
 from grpo.logprobs import sequence_logprobs
 from grpo.models import resolve_model
+from grpo.sampler.server import start_server, stop_server
 
-pytestmark = pytest.mark.slow
 
 
 def _port() -> int:
@@ -29,8 +29,6 @@ def _port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from grpo.sampler.server import start_server
-
     port = _port()
     log = open(tmp_path_factory.mktemp("server") / "vllm.log", "w")
     env_threads = os.environ.get("OMP_NUM_THREADS")
@@ -44,9 +42,7 @@ def server(tmp_path_factory):
         else:
             os.environ["OMP_NUM_THREADS"] = env_threads
     yield process, f"http://127.0.0.1:{port}"
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    stop_server(process)  # the whole group, engine core included, even after the kill test
     log.close()
 
 
@@ -83,6 +79,7 @@ def _gap(model, r) -> tuple[float, float]:
     return gap.max().item(), gap.mean().item()
 
 
+@pytest.mark.slow
 def test_server_sampler_draws_what_the_in_process_sampler_draws(remote):
     """Same weights, same seeds: the same completions (token ids) and log-probs as VLLMSampler,
     a batch split over two calls (two ranks) included."""
@@ -110,6 +107,7 @@ def test_server_sampler_draws_what_the_in_process_sampler_draws(remote):
     assert len(set(got.texts)) > 3  # rows have their own seeds
 
 
+@pytest.mark.slow
 def test_weights_sync_through_the_weight_transfer_api(remote, hf_model):
     """After a push through /init_weight_transfer_engine + /update_weights (gloo), the server
     scores its samples as transformers does with the pushed weights (fp32: measured max ~5e-5),
@@ -192,6 +190,7 @@ SERVER_RUN = dict(
     vllm_server_timeout=120, vllm_server_startup_timeout=60)
 
 
+@pytest.mark.slow
 def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path):
     """One process: the dense toy reward (length) rises over 4 steps; a run SIGKILLed after its step-2
     checkpoint and resumed logs the same metrics and ends with the same weights (the trainer
@@ -229,6 +228,7 @@ def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_two_zero3_ranks_share_the_server(server, tmp_path):
     """DeepSpeed ZeRO-3 on two ranks, both sampling from one server, rank 0 syncing it: the
     same completions as one process would draw (rows seeded by their place in the step's
@@ -248,6 +248,7 @@ def test_two_zero3_ranks_share_the_server(server, tmp_path):
     assert [c[2] for c in calls[0]] == [0] * 4 and [c[2] for c in calls[1]] == [4] * 4
 
 
+@pytest.mark.slow
 def test_killing_the_server_mid_run_ends_the_run_within_a_minute_naming_it(server, remote,
                                                                            hf_model, tmp_path):
     """Runs last: kills the module's server while a training run uses it. The run exits with an
@@ -262,8 +263,7 @@ def test_killing_the_server_mid_run_ends_the_run_within_a_minute_naming_it(serve
     while not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run"):
         assert run.poll() is None and time.time() < deadline, run.stdout.read()[-5000:]
         time.sleep(0.5)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    stop_server(process)  # SIGKILL to the API server and its engine core
     killed = time.monotonic()
     output = run.communicate(timeout=120)[0]
     assert run.returncode != 0 and time.monotonic() - killed < 60

@@ -17,6 +17,9 @@ Here no answer is ever executed:
   and intermediate fractions are fine (`(1 / 3) * 3 * 5 == 5`). Division by zero gives 0.0.
 * An optional trailing `= <integer>` is accepted when that integer is the target (models often
   write `55 + 36 - 7 - 19 = 65`; Mini-R1's prompt example has no `=`, its reward gave that 0.0).
+  The left side must still use the numbers and equal the target, so `= target` alone earns
+  nothing. `countdown_strict_reward` (config name `countdown_strict`) is Mini-R1's rule: any `=`
+  gives 0.0.
 * The answer is the single `<answer>…</answer>` of the message (`tags.extract_answer`); two
   answers or none give 0.0.
 
@@ -136,15 +139,16 @@ def evaluate_expression(expression: str) -> Fraction:
     return _Parser(tokenize(expression)).parse()
 
 
-def score_countdown(message: str, nums, target) -> float:
-    """1.0 when the message's answer uses each of `nums` once and equals `target`, else 0.0."""
+def score_countdown(message: str, nums, target, allow_equals: bool = True) -> float:
+    """1.0 when the message's answer uses each of `nums` once and equals `target`, else 0.0;
+    `allow_equals`: a trailing `= target` is accepted."""
     nums, target = _as_ints(nums, "nums"), _as_int(target, "target")
     answer = extract_answer(message)
     if answer is None or len(answer) > MAX_ANSWER_CHARS:
         return 0.0
     expression, equals, claimed = answer.partition("=")
     try:
-        if equals and tokenize(claimed) != [target]:
+        if equals and (not allow_equals or tokenize(claimed) != [target]):
             return 0.0
         tokens = tokenize(expression)
         literals = [t for t in tokens if isinstance(t, int)]
@@ -188,6 +192,14 @@ def countdown_reward(completions: list[str], nums: list, target: list) -> list[f
     """Exact Countdown accuracy per completion; `nums[i]` and `target[i]` belong to completion i."""
     _check_completions(completions, nums=nums, target=target)
     return [score_countdown(text, row_nums, row_target)
+            for text, row_nums, row_target in zip(completions, nums, target)]
+
+
+def countdown_strict_reward(completions: list[str], nums: list, target: list) -> list[float]:
+    """`countdown_reward` without the trailing `= target`: the answer is the expression alone
+    (Mini-R1's rule)."""
+    _check_completions(completions, nums=nums, target=target)
+    return [score_countdown(text, row_nums, row_target, allow_equals=False)
             for text, row_nums, row_target in zip(completions, nums, target)]
 
 

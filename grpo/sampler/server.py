@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,18 +105,28 @@ def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = 
 
 def start_server(model: str, *, port: int, timeout_s: float = 300.0, log_file=None,
                  **options) -> subprocess.Popen:
-    """Start `vllm serve` (server_command's) as a child process and wait until it is healthy;
-    the caller terminates it. Its output goes to `log_file` (default: inherited)."""
+    """Start `vllm serve` (server_command's) as a child process in a process group of its own and
+    wait until it is healthy; the caller ends it with `stop_server`. Its output goes to
+    `log_file` (default: inherited)."""
     argv, env = server_command(model, port=port, **options)
     process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT
-                               if log_file is not None else None)
+                               if log_file is not None else None, start_new_session=True)
     try:
         wait_healthy(f"http://{options.get('host', '127.0.0.1')}:{port}", timeout_s, process)
     except BaseException:
-        process.kill()
-        process.wait()
+        stop_server(process)
         raise
     return process
+
+
+def stop_server(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to the server's whole process group (the API server and vLLM's engine-core
+    process, which would outlive a signal to the API server alone) and reap the API server."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

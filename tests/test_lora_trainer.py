@@ -18,12 +18,15 @@ from test_trainer import SMALL, _metrics_without_timing, _run
 # model with the adapter off. One thread: on a shared 2-core machine 2 threads ran 5-10x slower.
 LORA = dict(SMALL, lora_r=8, learning_rate=2e-3, beta=0.04, max_steps=4, save_steps=2,
             save_total_limit=3, lora_sync="adapter")  # the adapter path (merged is the default)
+# The length reward: every group has signal, so a step's mean reward does not depend on which
+# prompts it drew and four steps can show it rise.
+LENGTH = {"GRPO_TEST_REWARD": "length"}
 
 
 @pytest.mark.slow
 def test_lora_run_learns_resumes_exactly_after_sigkill_and_exports(tmp_path):
-    assert _run(LORA, tmp_path / "a", threads=1).wait(timeout=900) == 0
-    child = _run(LORA, tmp_path / "b", threads=1)
+    assert _run(LORA, tmp_path / "a", threads=1, env=LENGTH).wait(timeout=900) == 0
+    child = _run(LORA, tmp_path / "b", threads=1, env=LENGTH)
     deadline = time.time() + 900
     while latest_checkpoint(tmp_path / "b") is None:
         assert child.poll() is None and time.time() < deadline, "run b ended before checkpoint-2"
@@ -32,7 +35,7 @@ def test_lora_run_learns_resumes_exactly_after_sigkill_and_exports(tmp_path):
     child.wait()
     assert latest_checkpoint(tmp_path / "b").name == "checkpoint-2"
     resumed = dict(LORA, resume_from_checkpoint="latest")
-    assert _run(resumed, tmp_path / "b", threads=1).wait(timeout=900) == 0
+    assert _run(resumed, tmp_path / "b", threads=1, env=LENGTH).wait(timeout=900) == 0
 
     a, b = _metrics_without_timing(tmp_path / "a"), _metrics_without_timing(tmp_path / "b")
     assert [r["step"] for r in a] == [1, 2, 3, 4] and a == b

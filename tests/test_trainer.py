@@ -19,8 +19,11 @@ from grpo.config import GRPOConfig
 from grpo.tracking import read_metrics
 from grpo.trainer import prompt_indices
 
+# vLLM in fp32 on every CPU: with dtype auto a CPU with AVX-512 BF16 samples in bf16, whose
+# rounding depends on the batch's shape, so a one-process and a two-rank run would draw
+# different tokens and a short run's reward would move differently.
 SMALL = dict(
-    num_train=40, num_test=4, countdown_num_numbers=[3], countdown_number_range=[1, 10],
+    vllm_dtype="float32", num_train=40, num_test=4, countdown_num_numbers=[3], countdown_number_range=[1, 10],
     countdown_target_range=[10, 30], max_prompt_length=256, max_completion_length=16,
     num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
     beta=0.0, learning_rate=1e-5, vllm_enforce_eager=True, vllm_kv_cache_gb=0.5,

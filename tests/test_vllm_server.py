@@ -178,8 +178,16 @@ def _train(config: dict, out, env_extra=None, nproc: int = 1):
     else:
         argv = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc),
                 "--master_port", str(_port()), worker]
-    return subprocess.Popen(argv + ["--config", str(recipe)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe: nobody reads a pipe while the test waits, and a child that
+    # fills one blocks forever.
+    with open(str(out) + ".log", "w") as log:
+        return subprocess.Popen(argv + ["--config", str(recipe)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def _output(out) -> str:
+    from pathlib import Path
+    return Path(str(out) + ".log").read_text()[-5000:]
 
 
 SERVER_RUN = dict(
@@ -203,7 +211,7 @@ def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path
     config = dict(SERVER_RUN, vllm_server_urls=[server[1]], max_steps=4, save_steps=2,
                   save_total_limit=3)
     a = _train(config, tmp_path / "a")
-    assert a.wait(timeout=900) == 0, a.stdout.read()[-5000:]
+    assert a.wait(timeout=900) == 0, _output(tmp_path / "a")
     b = _train(config, tmp_path / "b")
     deadline = time.time() + 900
     while latest_checkpoint(tmp_path / "b") is None:
@@ -212,7 +220,7 @@ def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path
     b.send_signal(signal.SIGKILL)
     b.wait()
     resumed = _train(dict(config, resume_from_checkpoint="latest"), tmp_path / "b")
-    assert resumed.wait(timeout=900) == 0, resumed.stdout.read()[-5000:]
+    assert resumed.wait(timeout=900) == 0, _output(tmp_path / "b")
 
     def metrics(out):
         return [{k: v for k, v in r.items() if not k.startswith("time/")
@@ -240,7 +248,7 @@ def test_two_zero3_ranks_share_the_server(server, tmp_path):
     config = dict(SERVER_RUN, vllm_server_urls=[server[1]], max_steps=4, save_steps=0,
                   engine="deepspeed", zero_stage=3, per_device_train_batch_size=4)
     run = _train(config, tmp_path / "run", {"GRPO_TEST_CALLS": str(tmp_path)}, nproc=2)
-    assert run.wait(timeout=1200) == 0, run.stdout.read()[-5000:]
+    assert run.wait(timeout=1200) == 0, _output(tmp_path / "run")
     rewards = [r["reward"] for r in read_metrics(tmp_path / "run")]
     print("rewards", rewards)
     assert len(rewards) == 4 and sum(rewards[2:]) > sum(rewards[:2])
@@ -261,11 +269,12 @@ def test_killing_the_server_mid_run_ends_the_run_within_a_minute_naming_it(serve
                  tmp_path / "run")
     deadline = time.time() + 900
     while not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run"):
-        assert run.poll() is None and time.time() < deadline, run.stdout.read()[-5000:]
+        assert run.poll() is None and time.time() < deadline, _output(tmp_path / "run")
         time.sleep(0.5)
     stop_server(process)  # SIGKILL to the API server and its engine core
     killed = time.monotonic()
-    output = run.communicate(timeout=120)[0]
+    run.wait(timeout=120)
+    output = _output(tmp_path / "run")
     assert run.returncode != 0 and time.monotonic() - killed < 60
     assert "ServerError" in output and url in output, output[-3000:]
     start = time.monotonic()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -77,6 +78,12 @@ class DeepSpeedEngine(StepEngine):
 
         s = self.settings
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        # DeepSpeed 0.19's ZeRO calls torch.distributed's all_gather_into_tensor and
+        # reduce_scatter_tensor, which torch deprecates: a FutureWarning a user cannot act on,
+        # printed again at nearly every collective (about 600 lines a rank per ZeRO-3 step of
+        # SmolLM2), because something between collectives resets Python's warning registry.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=(
+            r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"))
         lm, ref = self._load_models()
         if s.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -12,27 +12,13 @@ from torch.testing import assert_close
 
 from dataclasses import replace
 
+from conftest import TINY_VOCAB as VOCAB
 from engine_batch import gradients
 from grpo.engine import StepSettings, TorchEngine, ZeroSettings
 from grpo.engine.ds_config import build_ds_config
 from grpo.engine.step import micro_batch_slices
 from grpo.logprobs import sequence_logprobs
 from grpo.rollouts import Rollouts
-
-VOCAB = 61
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1)
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
 
 
 def _batch(n=8, seed=0, shared_prompts=False) -> tuple[Rollouts, torch.Tensor]:

@@ -11,26 +11,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from conftest import TINY_VOCAB as VOCAB
 from engine_batch import gradients, make_batch
 from grpo.engine import LoraSettings, StepSettings, TorchEngine
 from grpo.engine.lora import adapter_parameters
 from grpo.rollouts import Rollouts
 
-VOCAB = 61
 LORA = LoraSettings(lora_r=4, seed=1)  # alpha None: 2 * r = 8, so the update is B @ A * 2
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1)
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
 
 
 def _batch(n=8, seed=0) -> tuple[Rollouts, torch.Tensor]:

@@ -3,16 +3,13 @@ TorchEngine, packaged SmolLM2, the dense reward of tests/trainer_worker.py): the
 a SIGKILLed run resumes exactly, and the checkpoint is a PEFT adapter that exports to a plain
 Hugging Face model."""
 
-import signal
-import time
-
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from grpo.checkpoint import latest_checkpoint
-from test_trainer import SMALL, _metrics_without_timing, _run
+from test_trainer import SMALL, _metrics_without_timing, _run, kill_at_first_checkpoint
 
 # LoRA's learning rate (full fine-tuning here uses 1e-5); beta > 0: the reference is the base
 # model with the adapter off. One thread: on a shared 2-core machine 2 threads ran 5-10x slower.
@@ -27,12 +24,7 @@ LENGTH = {"GRPO_TEST_REWARD": "length"}
 def test_lora_run_learns_resumes_exactly_after_sigkill_and_exports(tmp_path):
     assert _run(LORA, tmp_path / "a", threads=1, env=LENGTH).wait(timeout=900) == 0
     child = _run(LORA, tmp_path / "b", threads=1, env=LENGTH)
-    deadline = time.time() + 900
-    while latest_checkpoint(tmp_path / "b") is None:
-        assert child.poll() is None and time.time() < deadline, "run b ended before checkpoint-2"
-        time.sleep(0.2)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_at_first_checkpoint(child, tmp_path / "b", timeout=900)
     assert latest_checkpoint(tmp_path / "b").name == "checkpoint-2"
     resumed = dict(LORA, resume_from_checkpoint="latest")
     assert _run(resumed, tmp_path / "b", threads=1, env=LENGTH).wait(timeout=900) == 0

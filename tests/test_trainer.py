@@ -43,6 +43,17 @@ def _run(config: dict, out: Path, threads: int = 2, env: dict | None = None,
                             **popen)
 
 
+def kill_at_first_checkpoint(child: subprocess.Popen, out: Path, timeout: float = 600) -> None:
+    """SIGKILL a trainer run right after it publishes its first checkpoint (while it trains the
+    next step)."""
+    deadline = time.time() + timeout
+    while latest_checkpoint(out) is None:
+        assert child.poll() is None and time.time() < deadline, f"{out} ended before a checkpoint"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+
 def _metrics_without_timing(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_second"}
             for row in read_metrics(out)]
@@ -73,12 +84,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert _run(config, tmp_path / "a").wait(timeout=600) == 0
     # 2. The same run, SIGKILLed while it trains step 3 (right after checkpoint-2 is published)...
     child = _run(config, tmp_path / "b")
-    deadline = time.time() + 600
-    while latest_checkpoint(tmp_path / "b") is None:
-        assert child.poll() is None and time.time() < deadline, "run b ended before checkpoint-2"
-        time.sleep(0.2)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_at_first_checkpoint(child, tmp_path / "b")
     assert latest_checkpoint(tmp_path / "b").name == "checkpoint-2"
     # 3. ...and resumed from its last checkpoint.
     resumed = dict(config, resume_from_checkpoint="latest")

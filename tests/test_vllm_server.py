@@ -7,7 +7,6 @@ the last test kills it. The tests with a server are marked slow: CI (CI=true) ru
 """
 
 import os
-import signal
 import socket
 import time
 
@@ -18,6 +17,7 @@ from grpo.config import GRPOConfig
 from grpo.logprobs import sequence_logprobs
 from grpo.models import resolve_model
 from grpo.sampler.server import start_server, stop_server
+from test_trainer import kill_at_first_checkpoint
 
 
 
@@ -205,7 +205,6 @@ def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path
     pushes its weights to the server at start and on resume)."""
     from safetensors.torch import load_file
 
-    from grpo.checkpoint import latest_checkpoint
     from grpo.tracking import read_metrics
 
     config = dict(SERVER_RUN, vllm_server_urls=[server[1]], max_steps=4, save_steps=2,
@@ -213,12 +212,7 @@ def test_training_through_the_server_learns_and_resumes_exactly(server, tmp_path
     a = _train(config, tmp_path / "a")
     assert a.wait(timeout=900) == 0, _output(tmp_path / "a")
     b = _train(config, tmp_path / "b")
-    deadline = time.time() + 900
-    while latest_checkpoint(tmp_path / "b") is None:
-        assert b.poll() is None and time.time() < deadline, "run b ended before checkpoint-2"
-        time.sleep(0.2)
-    b.send_signal(signal.SIGKILL)
-    b.wait()
+    kill_at_first_checkpoint(b, tmp_path / "b", timeout=900)
     resumed = _train(dict(config, resume_from_checkpoint="latest"), tmp_path / "b")
     assert resumed.wait(timeout=900) == 0, _output(tmp_path / "b")
 

@@ -98,10 +98,10 @@ class GRPOConfig:
 
     # --- rewards ---
     rewards: list = field(default_factory=lambda: ["format", "countdown"])
-    """Reward functions by name: format, partial_format, countdown (a trailing "= target" allowed),
-    countdown_strict (no "="), countdown_numbers (shaping:
-    the share of the answer's numbers that are the puzzle's), choice, math, overlong (DAPO's soft
-    length penalty, 0 to -1 over the last overlong_buffer tokens)."""
+    """Reward functions by name: format, partial_format, countdown (a trailing "= target"
+    allowed), countdown_strict (no "="), countdown_numbers (shaping: the share of the answer's
+    numbers that are the puzzle's), choice, math, overlong (DAPO's soft length penalty, 0 to -1
+    over the last overlong_buffer tokens)."""
     reward_weights: list | None = None
     """One weight per reward (None: all 1.0)."""
     overlong_buffer: int | None = None

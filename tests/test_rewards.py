@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpo.rewards import (
-    ExpressionError, RewardError, RewardSet, choice_reward, countdown_reward, evaluate_expression,
-    countdown_strict_reward,
-    extract_answer, format_reward, math_reward, partial_format_reward,
+    ExpressionError, RewardError, RewardSet, choice_reward, countdown_reward,
+    countdown_strict_reward, evaluate_expression, extract_answer, format_reward, math_reward,
+    partial_format_reward,
 )
 from grpo.rewards.countdown import MAX_DEPTH
 

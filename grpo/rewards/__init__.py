@@ -23,7 +23,6 @@ NAMED_REWARDS = {"format": format_reward, "partial_format": partial_format_rewar
 __all__ = [
     "NAMED_REWARDS", "ExpressionError", "OverlongPenalty", "RewardError", "RewardOutput",
     "RewardSet", "choice_reward", "countdown_numbers_reward", "countdown_reward",
-    "countdown_strict_reward",
-    "evaluate_expression", "extract_answer", "format_reward", "join_outputs", "math_reward",
-    "partial_format_reward",
+    "countdown_strict_reward", "evaluate_expression", "extract_answer", "format_reward",
+    "join_outputs", "math_reward", "partial_format_reward",
 ]

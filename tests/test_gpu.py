@@ -19,8 +19,9 @@ Checked on CUDA:
   autocast, flash-attention 2 when `flash_attn` is importable.
 * HFSampler: shapes, seeds, and its `sampler_logprobs` equal to the trainer's log-probs.
 * DeepSpeedEngine, ZeRO-3, one rank over NCCL, against TorchEngine: fp32 and bf16.
-Not here yet: LoRA on CUDA (grpo has no LoRA yet; its GPU test belongs in this file), vLLM and
-its sleep mode (not on the GPU image).
+* LoRA (peft) on TorchEngine: a bf16-autocast step against the fp32 step, the base weights
+  frozen, the policy before the step equal to the base model.
+Not here yet: vLLM and its sleep mode (not on the GPU image).
 
 Each test prints `measured ...` lines (run with -s to see them): the first GPU run's numbers are
 what the tolerances below should be tightened to. `GRPO_GPU_TESTS_ON_CPU=1` runs the same tests
@@ -277,6 +278,45 @@ def test_torch_engine_bf16_step_matches_the_fp32_step(model_dir, batch, fp32_ste
                   grad_norm_rtol=BF16_GRAD_REL_L2, loss_atol=1e-5)
     # The logged entropy: a mean over some 400 tokens of a ~12-nat quantity.
     assert bf16.metrics["entropy"] == pytest.approx(fp32_step.metrics["entropy"], rel=1e-2)
+
+
+# ---- LoRA (peft) on TorchEngine: bf16 autocast against fp32 ---------------------------------
+
+def adapter_only(result: StepResult) -> StepResult:
+    update = {n: u for n, u in result.update.items() if ".lora_" in n}
+    return StepResult(result.logprobs, result.grads, result.metrics, update, result.dtypes)
+
+
+@gpu
+def test_torch_engine_lora_bf16_step_matches_the_fp32_step(model_dir, batch, fp32_step):
+    """LoRA r = 16 on every linear layer of the blocks. B starts at 0, so before the step the
+    policy is the base model (its log-probs equal the full model's fp32 ones) and the reference
+    (the adapter off) gives KL 0; only the adapter moves, and bf16 keeps its fp32 master weights."""
+    from grpo.engine import LoraSettings, TorchEngine
+
+    lora = LoraSettings(lora_r=16, seed=1)
+    steps = {}
+    for bf16 in (False, True):
+        engine = TorchEngine(model_dir, step_settings(bf16=bf16), device=DEVICE, lora=lora)
+        steps[bf16] = one_step(engine, *batch)
+        del engine
+        free_memory()
+    mask = batch[0].completion_mask
+    mean, worst = logprob_gap(steps[False].logprobs, fp32_step.logprobs, mask)
+    measured("torch lora fp32 policy vs full fp32 before the step", logprob_mean=mean,
+             logprob_max=worst)
+    assert worst <= FP32_LOGPROB_ATOL, worst  # B = 0: the adapter adds exact zeros
+    for result in steps.values():
+        assert result.grads and all(".lora_" in n for n in result.grads), "a base weight has a grad"
+        frozen = [u for n, u in result.update.items() if ".lora_" not in n]
+        assert frozen and all(torch.count_nonzero(u) == 0 for u in frozen), "a base weight moved"
+        assert result.dtypes == {torch.float32}
+    assert any(torch.count_nonzero(u) for u in adapter_only(steps[True]).update.values())
+    compare_steps("torch lora bf16 vs fp32 step", adapter_only(steps[True]),
+                  adapter_only(steps[False]), mask,
+                  logprob_mean=BF16_LOGPROB_MEAN, logprob_max=BF16_LOGPROB_MAX,
+                  grad_rel_l2=BF16_GRAD_REL_L2, flips=BF16_UPDATE_FLIPS,
+                  grad_norm_rtol=BF16_GRAD_REL_L2, loss_atol=1e-5)
 
 
 # ---- chunked log-probs against the naive ones ----------------------------------------------

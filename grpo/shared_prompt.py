@@ -7,6 +7,13 @@ completions run on top of it with the full 2D mask. Log-probs and gradients equa
 forward's up to float reassociation, at (U*P + N*T) / (N*(P + T)) of its body's cost for U
 distinct prompts of P tokens. The full forward runs instead when no prompt repeats, and for
 models where the cached path is not exact (`_cached_forward_is_exact`).
+
+Both paths move each prompt's left padding to its right end (`pads_after_prompt`) before the body
+runs, so that no query row is fully masked: a left pad sees only pads, and CUDA's bf16 attention
+kernels return non-finite gradients for such rows (measured on an H200: every bf16 step skipped),
+which reach the weights through 0 x NaN in the backward. A pad after the prompt sees the prompt.
+Attention depends only on the mask and the positions, which are counted from the mask, so the
+real tokens' hidden states are the same as in the left-padded layout.
 """
 
 from __future__ import annotations
@@ -39,14 +46,21 @@ def completion_hidden(
     """
     t = num_completion_tokens
     p = input_ids.shape[1] - t
+    if p == 0 or t == 0:  # nothing to predict from a prompt: the plain forward
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = base_model(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids, use_cache=False).last_hidden_state
+        return hidden[:, -t - 1:-1]
+    input_ids, attention_mask, last = pads_after_prompt(input_ids, attention_mask, p)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     groups = None
-    if share_prompts and p > 0 and t > 0 and _cached_forward_is_exact(base_model):
+    if share_prompts and _cached_forward_is_exact(base_model):
         groups = prompt_groups(input_ids[:, :p], attention_mask[:, :p])
     if groups is None:
         hidden = base_model(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids, use_cache=False).last_hidden_state
-        return hidden[:, -t - 1:-1]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return torch.cat([hidden[rows, last].unsqueeze(1), hidden[:, p:p + t - 1]], dim=1)
     first, inverse = groups  # [U] a row holding each distinct prompt, [N] its prompt's index
     prefix = base_model(input_ids=input_ids[first, :p], attention_mask=attention_mask[first, :p],
                         position_ids=position_ids[first, :p], use_cache=True)
@@ -60,8 +74,25 @@ def completion_hidden(
     completion = base_model(input_ids=input_ids[:, p:], attention_mask=attention_mask,
                             position_ids=position_ids[:, p:], past_key_values=cache,
                             use_cache=True).last_hidden_state  # [N, T, H]
-    last_prompt = prefix.last_hidden_state[:, -1:].index_select(0, inverse)  # [N, 1, H]
-    return torch.cat([last_prompt, completion[:, :-1]], dim=1)
+    last_prompt = prefix.last_hidden_state[torch.arange(len(first), device=first.device),
+                                           last[first]].index_select(0, inverse)  # [N, H]
+    return torch.cat([last_prompt.unsqueeze(1), completion[:, :-1]], dim=1)
+
+
+def pads_after_prompt(
+    input_ids: Tensor,  # [N, P + T] left-padded prompt followed by the completion
+    attention_mask: Tensor,  # [N, P + T]
+    p: int,  # P > 0
+) -> tuple[Tensor, Tensor, Tensor]:  # ids, mask (the prompt's pads at its right end), last [N]
+    """Rotates each row's first P columns so that the prompt's left padding follows it; `last[n]`
+    is the column of row n's last prompt token."""
+    pads = (p - attention_mask[:, :p].long().sum(-1)).clamp(max=p - 1)  # an empty prompt: as is
+    if not pads.any():
+        return input_ids, attention_mask, torch.full_like(pads, p - 1)
+    index = (torch.arange(p, device=input_ids.device) + pads.unsqueeze(1)) % p  # [N, P]
+    ids = torch.cat([input_ids[:, :p].gather(1, index), input_ids[:, p:]], dim=1)
+    mask = torch.cat([attention_mask[:, :p].gather(1, index), attention_mask[:, p:]], dim=1)
+    return ids, mask, p - 1 - pads
 
 
 def prompt_groups(

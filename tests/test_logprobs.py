@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from grpo.logprobs import chunked_logprobs, naive_logprobs, sequence_logprobs
-from grpo.shared_prompt import prompt_groups
+from grpo.shared_prompt import pads_after_prompt, prompt_groups
 
 F64 = torch.float64
 
@@ -186,6 +186,46 @@ def test_prompt_groups_by_first_appearance():
     # rows 0 and 3 are one prompt; row 4 has its ids but attends to the pad (another prompt)
     assert first.tolist() == [0, 1, 4] and inverse.tolist() == [0, 1, 1, 0, 2]
     assert prompt_groups(ids[:2], mask[:2]) is None  # all distinct: the full forward
+
+
+def test_pads_after_prompt_moves_the_left_padding_behind_each_prompt():
+    # P = 4: row 0 has 2 pads, row 1 none, row 2 only pads (left as it is, but for P - 1 = 3);
+    # the completion columns never move.
+    ids = torch.tensor([[0, 0, 5, 6, 7, 0], [1, 2, 3, 4, 8, 9], [0, 0, 0, 0, 3, 0]])
+    mask = (ids != 0).long()
+    got_ids, got_mask, last = pads_after_prompt(ids, mask, 4)
+    assert got_ids.tolist() == [[5, 6, 0, 0, 7, 0], [1, 2, 3, 4, 8, 9], [0, 0, 0, 0, 3, 0]]
+    assert got_mask.tolist() == [[1, 1, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 0]]
+    assert last.tolist() == [1, 3, 0]
+    # No left padding anywhere: the same tensors back.
+    same = pads_after_prompt(ids[1:2], mask[1:2], 4)
+    assert torch.equal(same[0], ids[1:2])
+    assert same[2].tolist() == [3]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_no_attention_row_is_fully_masked(smollm2, share, monkeypatch):
+    """CUDA's bf16 cuDNN attention gives non-finite gradients for a query that sees no key (an
+    H200, torch 2.11: every bf16 step skipped while left pads were queries), so every query row
+    the model's sdpa calls get, pads included, must see at least one key."""
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(smollm2.config, "_attn_implementation", "sdpa")
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    input_ids, attention, completion_mask = _grouped_batch()
+    assert not attention[:, 0].all()  # left padding: the old layout had fully masked rows
+    with torch.no_grad():
+        sequence_logprobs(smollm2, input_ids, attention, completion_mask, 0.7,
+                          share_prompts=share)
+    assert len(masks) == (2 if share else 1) * smollm2.config.num_hidden_layers
+    for mask in masks:
+        assert mask is not None and mask.dtype == torch.bool
+        assert mask.any(-1).all(), "a query row attends to no key"
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -23,7 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CURVES = ("rewards/format_reward/mean", "rewards/countdown_reward/mean",
-          "completion_length/mean")
+          "rewards/countdown_numbers_reward/mean", "completion_length/mean")
+# Training rewards whose early rise tests/test_countdown.py checks (`--window`).
+RISES = ("rewards/partial_format_reward/mean", "rewards/format_reward/mean",
+         "rewards/countdown_numbers_reward/mean", "rewards/countdown_reward/mean")
 
 
 def parse_seeds(items: list[str]) -> list[int]:
@@ -55,7 +58,9 @@ def run_seed(seed: int, out: Path, extra: list[str]) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    keys = (("eval/format_reward", "format"), ("eval/countdown_reward", "equation"))
+    keys = (("eval/format_reward", "format"), ("eval/countdown_reward", "equation"),
+            ("eval/countdown_numbers_reward", "numbers"))
+    keys = tuple(k for k in keys if all(k[0] in r["first"] for r in results))
     head = ["seed"] + [f"{n} {when}" for _, n in keys for when in ("step 0", "end")] + ["minutes"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
@@ -73,13 +78,36 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rises(results: list[dict], steps: int, window: int) -> str:
+    """Per seed, each of RISES averaged over steps 1..window and steps-window+1..steps: what the
+    slow example test (its first `steps` steps) can assert, and with what margin."""
+    head = ["seed"] + [k.split("/")[1].removesuffix("_reward") for k in RISES]
+    lines = [f"training rewards, mean of steps 1-{window} -> mean of steps "
+             f"{steps - window + 1}-{steps}", "| " + " | ".join(head) + " |",
+             "|" + " --- |" * len(head)]
+    gains = {k: [] for k in RISES}
+    for r in results:
+        rows = {row["step"]: row for row in r["train"]}
+        cells = [str(r["seed"])]
+        for k in RISES:
+            first = statistics.mean(rows[s].get(k, 0.0) for s in range(1, window + 1))
+            last = statistics.mean(rows[s].get(k, 0.0) for s in range(steps - window + 1,
+                                                                         steps + 1))
+            gains[k].append(last - first)
+            cells.append(f"{first:.2f} -> {last:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| rise: min (mean) | " + " | ".join(
+        f"{min(g):+.2f} ({statistics.mean(g):+.2f})" for g in gains.values()) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.5 * len(CURVES), 4))
     for ax, key in zip(axes, CURVES):
         steps = sorted({r["step"] for res in results for r in res["train"]})
         per_step = [[row[key] for res in results for row in res["train"]
@@ -98,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", default=["1-8"])
     parser.add_argument("--name", default="recipe", help="runs/seeds/<name>/seed-S")
+    parser.add_argument("--window", nargs=2, type=int, metavar=("STEPS", "WINDOW"),
+                        default=(20, 4), help="the early-rise table: tests/test_countdown.py's")
     parser.add_argument("extra", nargs="*", help="examples/countdown.py options, after --")
     args = parser.parse_args()
     root = ROOT / "runs" / "seeds" / args.name
@@ -106,6 +136,7 @@ def main() -> None:
         results.append(run_seed(seed, root / f"seed-{seed}", args.extra))
         print(f"seed {seed}: {results[-1]['minutes']:.1f} min", flush=True)
     print(table(results))
+    print(rises(results, *args.window))
     plot(results, root / "curves.png")
     print(f"curves: {root / 'curves.png'}")
 

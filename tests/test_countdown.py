@@ -1,7 +1,7 @@
 """The "aha" evidence on CPU: examples/countdown.py with its default recipe really learns.
 
-Slow (about 13 minutes on 2 cores): the first steps of the CPU default, as a user runs them, with
-the recipe's fixed seed. Nothing is shortened but the number of steps.
+Slow (about 7 minutes on 2 cores): the first 20 steps of the CPU default, as a user runs them,
+with the recipe's seed (42). Nothing is shortened but the number of steps.
 """
 
 import os
@@ -22,7 +22,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 @pytest.mark.slow
-def test_countdown_cpu_default_learns_the_format(tmp_path):
+def test_countdown_cpu_default_learns_the_format_and_to_use_the_numbers(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "examples" / "countdown.py"), "--max_steps", str(STEPS),
            "--eval_steps", "0", "--save_steps", "0", "--output_dir", str(out)]
@@ -33,14 +33,17 @@ def test_countdown_cpu_default_learns_the_format(tmp_path):
     rows = [r for r in read_metrics(out) if "reward" in r]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     first, last = rows[:WINDOW], rows[-WINDOW:]
-    # The base model almost never writes the whole R1 format (probe: 0 of 64 samples); the
-    # dense partial-format reward starts near 0.1. Both must clearly rise within 20 steps (recipe
-    # seed 1, measured: partial 0.15 -> 0.98, strict 0.0 -> 0.98 over the first and last 4 steps).
-    strict = _mean(first, "rewards/format_reward/mean"), _mean(last, "rewards/format_reward/mean")
-    partial = (_mean(first, "rewards/partial_format_reward/mean"),
-               _mean(last, "rewards/partial_format_reward/mean"))
-    assert partial[1] > partial[0] + 0.3, f"partial format reward {partial[0]:.3f} -> {partial[1]:.3f}"
-    assert strict[1] > strict[0] + 0.15, f"format reward {strict[0]:.3f} -> {strict[1]:.3f}"
+    rise = {key: _mean(last, f"rewards/{key}_reward/mean")
+            - _mean(first, f"rewards/{key}_reward/mean")
+            for key in ("partial_format", "format", "countdown_numbers")}
+    # Margins: about half the smallest rise over seeds 1-8 of the recipe (benchmarks/RESULTS.md,
+    # "Countdown on the CPU": `countdown_seeds.py --window 20 4`), the mean of steps 1-4 against
+    # steps 17-20: partial format +0.64, strict format +0.34, numbers (the shaping reward: the
+    # answer uses the puzzle's numbers) +0.07. The equation reward is not asserted: it stayed 0
+    # over these steps on all 8 seeds.
+    assert rise["partial_format"] > 0.3, rise
+    assert rise["format"] > 0.15, rise
+    assert rise["countdown_numbers"] > 0.03, rise
     # The example's report: the curves next to the logs, and where everything went.
     assert (out / "curves.png").stat().st_size > 10_000
     assert str(out / "metrics.jsonl") in done.stdout

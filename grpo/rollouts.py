@@ -98,6 +98,23 @@ class Rollouts:
                    prompts=[x for r in parts for x in r.prompts], group_size=parts[0].group_size)
 
     @classmethod
+    def from_groups(
+        cls,
+        prompt_ids: list[list[int]],  # [B] token ids of each prompt
+        prompts: list[str],  # [B]
+        completion_ids: list[list[int]],  # [B * G] prompt b's completions are rows b*G..b*G+G-1
+        logprobs: list[list[float]],  # [B * G]
+        truncated: list[bool],  # [B * G]
+        texts: list[str],  # [B * G]
+        group_size: int,
+        pad_id: int,
+    ) -> Rollouts:
+        """`from_lists` for a sampler's output: each of the B prompts followed by its G rows."""
+        rows = [b for b in range(len(prompt_ids)) for _ in range(group_size)]
+        return cls.from_lists([prompt_ids[b] for b in rows], completion_ids, logprobs, truncated,
+                              texts, [prompts[b] for b in rows], group_size, pad_id)
+
+    @classmethod
     def from_lists(
         cls,
         prompt_ids: list[list[int]],  # [N] token ids of each completion's prompt

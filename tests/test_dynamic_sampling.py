@@ -160,6 +160,21 @@ def _truncating(sample):
     return wrapped
 
 
+def test_rollouts_from_groups_repeats_each_prompt_for_its_group():
+    got = Rollouts.from_groups([[7], [8, 9]], ["q", "r"], [[1, 2, 3], [4], [5], [6, 6]],
+                               [[-.1, -.2, -.3], [-.4], [-.5], [-.6, -.6]],
+                               [True, False, False, True], ["abc", "d", "e", "ff"], 2, pad_id=0)
+    want = Rollouts.from_lists([[7], [7], [8, 9], [8, 9]], [[1, 2, 3], [4], [5], [6, 6]],
+                               [[-.1, -.2, -.3], [-.4], [-.5], [-.6, -.6]],
+                               [True, False, False, True], ["abc", "d", "e", "ff"],
+                               ["q", "q", "r", "r"], 2, pad_id=0)
+    assert got.prompt_ids.tolist() == [[0, 7], [0, 7], [8, 9], [8, 9]]
+    for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
+                 "sampler_logprobs", "truncated"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.prompts == ["q", "q", "r", "r"] and got.texts == want.texts and got.group_size == 2
+
+
 def test_rollouts_cat_repads_prompts_left_and_completions_right():
     a = Rollouts.from_lists([[7], [7]], [[1, 2, 3], [4]], [[-.1, -.2, -.3], [-.4]], [True, False],
                             ["abc", "d"], ["q", "q"], 2, pad_id=0)

@@ -131,10 +131,8 @@ class HFSampler:
             completions.append(row[:end])
             lps.append(logprobs[r, :end].tolist())
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        return Rollouts.from_lists(
-            prompt_ids=[ids[i] for i in rows], completion_ids=completions, logprobs=lps,
-            truncated=truncated, texts=texts, prompts=[prompts[i] for i in rows], group_size=g,
-            pad_id=self.pad_id)
+        return Rollouts.from_groups(ids, prompts, completions, lps, truncated, texts, g,
+                                    self.pad_id)
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:

@@ -198,11 +198,8 @@ class VLLMSampler:
             logprobs.append([step[t].logprob for step, t in zip(c.logprobs, token_ids)])
             truncated.append(c.finish_reason == "length")
             texts.append(c.text)
-        rows = [i for i in range(len(ids)) for _ in range(g)]
-        return Rollouts.from_lists(
-            prompt_ids=[ids[i] for i in rows], completion_ids=completions, logprobs=logprobs,
-            truncated=truncated, texts=texts, prompts=[prompts[i] for i in rows], group_size=g,
-            pad_id=self.pad_id)
+        return Rollouts.from_groups(ids, prompts, completions, logprobs, truncated, texts, g,
+                                    self.pad_id)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Replace the engine's weights in place (checkpoint names, e.g. an HF state dict).

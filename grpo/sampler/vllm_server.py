@@ -223,11 +223,8 @@ class VLLMServerSampler:
             logprobs.append([float(x) for x in lps])
             truncated.append(choice["finish_reason"] == "length")
             texts.append(choice["text"])
-        rows = [i for i in range(len(ids)) for _ in range(g)]
-        return Rollouts.from_lists(
-            prompt_ids=[ids[i] for i in rows], completion_ids=completions, logprobs=logprobs,
-            truncated=truncated, texts=texts, prompts=[prompts[i] for i in rows], group_size=g,
-            pad_id=self.pad_id)
+        return Rollouts.from_groups(ids, prompts, completions, logprobs, truncated, texts, g,
+                                    self.pad_id)
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:

@@ -35,7 +35,7 @@ def make_rollouts(config, work: Path) -> dict:
     """One step's prompts (the trainer's own choice for step 0) and G sampled completions each."""
     from grpo import from_config
     from grpo.sampler import HFSampler
-    from grpo.trainer import prompt_indices
+    from grpo.seeds import prompt_indices
 
     path = from_config.model_path(config)
     tok = from_config.tokenizer(path)

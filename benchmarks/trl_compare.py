@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from grpo import from_config  # noqa: E402
 from grpo.config import GRPOConfig  # noqa: E402
-from grpo.trainer import prompt_indices  # noqa: E402
+from grpo.seeds import prompt_indices  # noqa: E402
 
 TRL_PYTHON = ROOT / "benchmarks" / ".venv-trl" / "bin" / "python"
 PHASES = ("sample", "reward", "logprobs", "update", "sync")

@@ -6,9 +6,14 @@ realisations at shifted steps. Per row, Gumbel-max noise does not depend on the 
 draws of those runs are coupled (measured: same-row openings agree 2.5x as often as chance;
 benchmarks/RESULTS.md) and the runs of a "10-seed" comparison are not independent. Each derived
 seed here is a splitmix64 chain over (seed, key, key, ...): distinct keys give unrelated seeds.
+
+The order in which a run reads its prompts is seeded the same way (`data_order`): epoch after
+epoch, a permutation of the dataset drawn from derive_seed(seed, epoch).
 """
 
 from __future__ import annotations
+
+import torch
 
 _MASK = (1 << 64) - 1
 
@@ -28,3 +33,24 @@ def derive_seed(seed: int, *keys: int) -> int:
     for key in keys:
         x = splitmix64(x ^ (int(key) & _MASK))
     return x >> 1
+
+
+def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,
+                   rank: int = 0, world_size: int = 1) -> list[int]:
+    """Dataset rows that `rank` trains on at `step` when every step reads one round: the r-th
+    slice of the step's prompts in the data order. The step's prompts over all ranks are the same
+    for any world size: 1 and 2 processes see the same puzzles."""
+    first = step * prompts_per_step * world_size + rank * prompts_per_step
+    return data_order(first, prompts_per_step, num_prompts, seed)
+
+
+def data_order(first: int, count: int, num_prompts: int, seed: int) -> list[int]:
+    """Dataset rows at positions [first, first + count) of the data order: epoch after epoch, a
+    permutation of the dataset seeded with derive_seed(seed, epoch)."""
+    indices = []
+    for position in range(first, first + count):
+        epoch, offset = divmod(position, num_prompts)
+        generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
+        order = torch.randperm(num_prompts, generator=generator)
+        indices.append(int(order[offset]))
+    return indices

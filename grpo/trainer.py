@@ -8,7 +8,7 @@
         sampler.load_weights(engine.named_weights())   # LoRA: or load_adapter(the adapter)
 
 Everything the loop needs is derived from (config, step, prompts consumed): the prompts are read
-in the order of a seeded permutation per epoch, and the sampler is seeded with
+in the order of a seeded permutation per epoch (grpo/seeds.py), and the sampler is seeded with
 derive_seed(seed, step, round) (grpo/seeds.py) plus each completion's row in the step's batch over
 all ranks (`first_row`: rank r's rows start at r * prompts_per_step * G), never the rank. So one
 process and several ranks read the same prompts and, with VLLMSampler, draw the same completions;
@@ -45,7 +45,7 @@ from grpo.advantages import group_advantages, zero_variance_groups
 from grpo.config import GRPOConfig
 from grpo.rewards import RewardOutput, join_outputs
 from grpo.rollouts import Rollouts
-from grpo.seeds import derive_seed
+from grpo.seeds import data_order, derive_seed
 from grpo.tracking import NullTracker, Timer, Tracker
 
 log = logging.getLogger("grpo")
@@ -296,27 +296,6 @@ class GRPOTrainer:
                                       self.engine.adapter_config())
         else:
             self.sampler.load_weights(self.engine.named_weights())
-
-
-def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int,
-                   rank: int = 0, world_size: int = 1) -> list[int]:
-    """Dataset rows that `rank` trains on at `step` when every step reads one round: the r-th
-    slice of the step's prompts in the data order. The step's prompts over all ranks are the same
-    for any world size: 1 and 2 processes see the same puzzles."""
-    first = step * prompts_per_step * world_size + rank * prompts_per_step
-    return data_order(first, prompts_per_step, num_prompts, seed)
-
-
-def data_order(first: int, count: int, num_prompts: int, seed: int) -> list[int]:
-    """Dataset rows at positions [first, first + count) of the data order: epoch after epoch, a
-    permutation of the dataset seeded with derive_seed(seed, epoch)."""
-    indices = []
-    for position in range(first, first + count):
-        epoch, offset = divmod(position, num_prompts)
-        generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
-        order = torch.randperm(num_prompts, generator=generator)
-        indices.append(int(order[offset]))
-    return indices
 
 
 def _repeat(rows: dict[str, list], times: int, exclude=()) -> dict[str, list]:

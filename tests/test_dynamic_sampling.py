@@ -14,8 +14,8 @@ from datasets import Dataset
 from grpo.config import GRPOConfig
 from grpo.rewards import (OverlongPenalty, RewardSet, countdown_numbers_reward, join_outputs)
 from grpo.rollouts import Rollouts
-from grpo.seeds import derive_seed
-from grpo.trainer import GRPOTrainer, data_order
+from grpo.seeds import data_order, derive_seed
+from grpo.trainer import GRPOTrainer
 
 
 class ScriptedSampler:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from grpo.checkpoint import latest_checkpoint
 from grpo.config import GRPOConfig
 from grpo.tracking import read_metrics
-from grpo.trainer import prompt_indices
+from grpo.seeds import prompt_indices
 
 # vLLM in fp32 on every CPU: with dtype auto a CPU with AVX-512 BF16 samples in bf16, whose
 # rounding depends on the batch's shape, so a one-process and a two-rank run would draw

@@ -46,19 +46,18 @@ def completion_hidden(
     """
     t = num_completion_tokens
     p = input_ids.shape[1] - t
-    if p == 0 or t == 0:  # nothing to predict from a prompt: the plain forward
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = base_model(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids, use_cache=False).last_hidden_state
-        return hidden[:, -t - 1:-1]
-    input_ids, attention_mask, last = pads_after_prompt(input_ids, attention_mask, p)
+    last = None  # [N] the column of each row's last prompt token, once the pads are moved
+    if p > 0 and t > 0:
+        input_ids, attention_mask, last = pads_after_prompt(input_ids, attention_mask, p)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     groups = None
-    if share_prompts and _cached_forward_is_exact(base_model):
+    if last is not None and share_prompts and _cached_forward_is_exact(base_model):
         groups = prompt_groups(input_ids[:, :p], attention_mask[:, :p])
     if groups is None:
         hidden = base_model(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids, use_cache=False).last_hidden_state
+        if last is None:  # no prompt, or nothing to predict
+            return hidden[:, -t - 1:-1]
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return torch.cat([hidden[rows, last].unsqueeze(1), hidden[:, p:p + t - 1]], dim=1)
     first, inverse = groups  # [U] a row holding each distinct prompt, [N] its prompt's index

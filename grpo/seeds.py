@@ -47,10 +47,12 @@ def prompt_indices(step: int, num_prompts: int, prompts_per_step: int, seed: int
 def data_order(first: int, count: int, num_prompts: int, seed: int) -> list[int]:
     """Dataset rows at positions [first, first + count) of the data order: epoch after epoch, a
     permutation of the dataset seeded with derive_seed(seed, epoch)."""
+    orders = {}  # epoch -> its permutation, drawn once per call
     indices = []
     for position in range(first, first + count):
         epoch, offset = divmod(position, num_prompts)
-        generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
-        order = torch.randperm(num_prompts, generator=generator)
-        indices.append(int(order[offset]))
+        if epoch not in orders:
+            generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
+            orders[epoch] = torch.randperm(num_prompts, generator=generator)
+        indices.append(int(orders[epoch][offset]))
     return indices

@@ -18,8 +18,7 @@ whole format and GRPO cannot learn from groups that all score 0, and countdown_n
 it almost never uses the puzzle's numbers. Over seeds 1-8 the format is learned on every seed
 and the answers start to use the numbers, but equation accuracy stays near 0: the 135M model
 collapses onto one answer per puzzle first (benchmarks/RESULTS.md). A run takes 10-15 minutes
-on 2 cores. Everything below is the library's public API: replace any
-piece with your own.
+on 2 cores. Everything below is the library's public API: replace any piece with your own.
 """
 
 import sys

@@ -205,9 +205,9 @@ def test_pads_after_prompt_moves_the_left_padding_behind_each_prompt():
 
 @pytest.mark.parametrize("share", [True, False])
 def test_no_attention_row_is_fully_masked(smollm2, share, monkeypatch):
-    """CUDA's bf16 cuDNN attention gives non-finite gradients for a query that sees no key (an
-    H200, torch 2.11: every bf16 step skipped while left pads were queries), so every query row
-    the model's sdpa calls get, pads included, must see at least one key."""
+    """CUDA's bf16 cuDNN attention gives non-finite gradients for a query that sees no key
+    (measured on an H200, torch 2.11), so every query row the model's sdpa calls get, pads
+    included, must see at least one key."""
     masks = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 

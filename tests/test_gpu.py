@@ -24,8 +24,9 @@ Checked on CUDA:
 Not here yet: vLLM and its sleep mode (not on the GPU image).
 
 Each test prints `measured ...` lines (run with -s to see them); the bf16 tolerances below are a
-few times what an H200 measured (benchmarks/RESULTS.md, "GPU check"). `GRPO_GPU_TESTS_ON_CPU=1` runs the same tests
-on the CPU with a tiny model of the same family: a check of the test code, nothing about CUDA.
+few times what an H200 measured (benchmarks/RESULTS.md, "GPU check"). `GRPO_GPU_TESTS_ON_CPU=1`
+runs the same tests on the CPU with a tiny model of the same family: a check of the test code,
+nothing about CUDA.
 """
 
 from __future__ import annotations

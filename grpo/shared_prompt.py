@@ -11,9 +11,9 @@ models where the cached path is not exact (`_cached_forward_is_exact`).
 Both paths move each prompt's left padding to its right end (`pads_after_prompt`) before the body
 runs, so that no query row is fully masked: a left pad sees only pads, and CUDA's bf16 attention
 kernels return non-finite gradients for such rows (measured on an H200, torch 2.11), which reach
-every weight through 0 x NaN in the backward, and the step is skipped. A pad after the prompt sees the prompt.
-Attention depends only on the mask and the positions, which are counted from the mask, so the
-real tokens' hidden states are the same as in the left-padded layout.
+every weight through 0 x NaN in the backward, and the step is skipped. A pad after the prompt
+sees the prompt. Attention depends only on the mask and the positions, which are counted from
+the mask, so the real tokens' hidden states are the same as in the left-padded layout.
 """
 
 from __future__ import annotations
